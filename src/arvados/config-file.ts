@@ -1,0 +1,48 @@
+// Reads the cluster config (and the root token file) from disk and re-reads them when they
+// change. Polling, not inotify: a mounted ConfigMap or Secret changes by swapping a symlink,
+// which inotify on the file itself does not report.
+import { readFileSync, watchFile, unwatchFile } from 'node:fs';
+import type { Logger } from '../log.ts';
+import type { ClusterConfigStore } from './cluster-config.ts';
+
+const POLL_MS = 1000;
+
+/** watchConfigFile feeds the store from a file now and on every change; returns a stopper. */
+export function watchConfigFile(
+  path: string,
+  store: ClusterConfigStore,
+  log: Logger,
+  onResult: (ok: boolean) => void = () => {},
+): () => void {
+  const load = () => {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      log.error({ path, err: (err as Error).message }, 'cannot read cluster config file');
+      onResult(false);
+      return;
+    }
+    const err = store.update(text, `file ${path}`);
+    onResult(err === undefined);
+  };
+  load();
+  watchFile(path, { interval: POLL_MS }, (now, before) => {
+    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino || now.size !== before.size) load();
+  });
+  return () => unwatchFile(path);
+}
+
+/** watchTokenFile keeps the store's root token in step with a mounted Secret file. */
+export function watchTokenFile(path: string, store: ClusterConfigStore, log: Logger): () => void {
+  const load = () => {
+    try {
+      store.setRootTokenOverride(readFileSync(path, 'utf8'));
+    } catch (err) {
+      log.error({ path, err: (err as Error).message }, 'cannot read root token file');
+    }
+  };
+  load();
+  watchFile(path, { interval: POLL_MS }, load);
+  return () => unwatchFile(path);
+}

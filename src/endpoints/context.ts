@@ -1,0 +1,80 @@
+// What every endpoint needs, built once by the sidecar and handed down.
+import { randomBytes } from 'node:crypto';
+import type { ArvadosClient } from '../arvados/client.ts';
+import type { ClusterConfig, ClusterConfigStore } from '../arvados/cluster-config.ts';
+import { GatewayError } from '../errors.ts';
+import type { GatewayLocator } from '../gateway/locate.ts';
+import type { Logger } from '../log.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import type { Settings } from '../settings.ts';
+import type { TunnelRegistry } from '../tunnel/registry.ts';
+
+/** GatewayContext is the shared state and services the endpoints use. */
+export interface GatewayContext {
+  settings: Settings;
+  log: Logger;
+  metrics: Metrics;
+  api: ArvadosClient;
+  config: ClusterConfigStore;
+  registry: TunnelRegistry;
+  locator: GatewayLocator;
+  ownUrl: () => string;
+  sessions: SessionLimiter;
+  draining: () => boolean;
+}
+
+/** UUID matches an Arvados UUID: cluster, type and id parts. */
+export const UUID = /^[a-z0-9]{5}-[a-z0-9]{5}-[a-z0-9]{15}$/;
+
+/** isContainerUuid says whether a UUID names a container. */
+export function isContainerUuid(uuid: string): boolean {
+  return UUID.test(uuid) && uuid.slice(5, 12) === '-dz642-';
+}
+
+/** clusterConfig is the current cluster config, or the 503 a request gets before one loaded. */
+export function clusterConfig(ctx: GatewayContext): ClusterConfig {
+  const config = ctx.config.current;
+  if (!config) throw new GatewayError(503, 'cluster config is not loaded yet');
+  return config;
+}
+
+/** requestId is the caller's X-Request-Id if it is sane, else a new one in Arvados' form. */
+export function requestId(header: string | undefined): string {
+  if (header && /^[A-Za-z0-9_.:-]{1,64}$/.test(header)) return header;
+  return 'req-' + randomBytes(15).toString('base64url').toLowerCase().replace(/[-_]/g, 'x')
+    .slice(0, 20);
+}
+
+/** SessionLimiter bounds how many spliced sessions and transfers run at once. */
+export class SessionLimiter {
+  #active = 0;
+  #max: number;
+  #onChange: (active: number) => void;
+
+  constructor(max: number, onChange: (active: number) => void = () => {}) {
+    this.#max = max;
+    this.#onChange = onChange;
+  }
+
+  /** active is the number of sessions running now. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** acquire takes a place or throws a 503 with Retry-After; call the result to give it back. */
+  acquire(): () => void {
+    if (this.#active >= this.#max) {
+      throw new GatewayError(503, 'too many sessions in progress, try again later',
+        { 'Retry-After': '5' });
+    }
+    this.#active++;
+    this.#onChange(this.#active);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#active--;
+      this.#onChange(this.#active);
+    };
+  }
+}

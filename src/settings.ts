@@ -1,0 +1,221 @@
+// The sidecar's own settings. Every setting has an environment variable and a default and is
+// validated at start, so a typo fails loudly with the setting's name instead of at first use.
+import convict from 'convict';
+
+convict.addFormat({
+  name: 'host-port',
+  validate(value: unknown) {
+    if (typeof value !== 'string' || parseHostPort(value) === undefined) {
+      throw new Error('must be host:port, e.g. 0.0.0.0:8443 or [::1]:9090');
+    }
+  },
+});
+
+convict.addFormat({
+  name: 'optional-url',
+  validate(value: unknown) {
+    if (value === '') return;
+    if (typeof value !== 'string' || !URL.canParse(value)) throw new Error('must be a URL');
+    const scheme = new URL(value).protocol;
+    if (scheme !== 'http:' && scheme !== 'https:') throw new Error('must be an http(s) URL');
+  },
+});
+
+convict.addFormat({
+  name: 'namespace-name',
+  validate(value: unknown) {
+    if (value === '') return;
+    if (typeof value !== 'string' || !/^[a-z0-9-.]+\/[a-z0-9-.]+$/.test(value)) {
+      throw new Error('must be namespace/name');
+    }
+  },
+});
+
+convict.addFormat({
+  name: 'cidr-list',
+  validate(value: unknown) {
+    if (typeof value !== 'string') throw new Error('must be a comma-separated list of CIDRs');
+    for (const part of splitList(value)) {
+      if (parseCidr(part) === undefined) throw new Error(`${part} is not a CIDR`);
+    }
+  },
+});
+
+const schema = {
+  listen: {
+    doc: 'Front door host:port. Plain HTTP, or HTTPS when tlsCert and tlsKey are set.',
+    format: 'host-port', default: '0.0.0.0:8443', env: 'GATEWAY_LISTEN',
+  },
+  tlsCert: {
+    doc: 'PEM certificate file for the front door (HTTPS).',
+    format: String, default: '', env: 'GATEWAY_TLS_CERT',
+  },
+  tlsKey: {
+    doc: 'PEM private key file for the front door (HTTPS).',
+    format: String, default: '', env: 'GATEWAY_TLS_KEY',
+  },
+  adminListen: {
+    doc: 'Admin host:port: /healthz, /readyz, /metrics, /debug/*.',
+    format: 'host-port', default: '0.0.0.0:9090', env: 'GATEWAY_ADMIN_LISTEN',
+  },
+  arvadosConfig: {
+    doc: 'Path of the Arvados cluster config (config.yml), re-read when it changes.',
+    format: String, default: '/etc/arvados/config.yml', env: 'ARVADOS_CONFIG',
+  },
+  clusterId: {
+    doc: 'Cluster ID to use when the config holds more than one cluster.',
+    format: String, default: '', env: 'ARVADOS_CLUSTER_ID',
+  },
+  rootTokenFile: {
+    doc: 'File holding SystemRootToken (a mounted Secret); overrides the config\'s value.',
+    format: String, default: '', env: 'ARVADOS_SYSTEM_ROOT_TOKEN_FILE',
+  },
+  configMap: {
+    doc: 'namespace/name of a ConfigMap holding the cluster config, watched instead of the file.',
+    format: 'namespace-name', default: '', env: 'GATEWAY_CONFIGMAP',
+  },
+  configMapKey: {
+    doc: 'Key of the cluster config inside the ConfigMap.',
+    format: String, default: 'config.yml', env: 'GATEWAY_CONFIGMAP_KEY',
+  },
+  kubeconfig: {
+    doc: 'Kubeconfig file used outside a cluster (in a pod the service account is used).',
+    format: String, default: '', env: 'KUBECONFIG',
+  },
+  controllerUrl: {
+    doc: 'The controller this sidecar fronts: API calls and every other request go there.',
+    format: 'optional-url', default: 'http://127.0.0.1:8003', env: 'GATEWAY_CONTROLLER_URL',
+  },
+  internalUrl: {
+    doc: 'This sidecar\'s own URL as peers and crunch-run see it (else built from the pod).',
+    format: 'optional-url', default: '', env: 'GATEWAY_INTERNAL_URL',
+  },
+  peersService: {
+    doc: 'DNS name of the peers\' headless Service, resolved to the current peer addresses.',
+    format: String, default: '', env: 'GATEWAY_PEERS_SERVICE',
+  },
+  podName: { doc: 'This pod\'s name (downward API).', format: String, default: '', env: 'POD_NAME' },
+  podIp: { doc: 'This pod\'s IP (downward API).', format: String, default: '', env: 'POD_IP' },
+  podNamespace: {
+    doc: 'This pod\'s namespace (downward API).',
+    format: String, default: '', env: 'POD_NAMESPACE',
+  },
+  allowLoopbackGateways: {
+    doc: 'Single-host mode: dial gateway addresses on 127.0.0.1 instead of requiring a tunnel.',
+    format: Boolean, default: false, env: 'GATEWAY_ALLOW_LOOPBACK_GATEWAYS',
+  },
+  gatewayNetworks: {
+    doc: 'CIDRs a direct gateway address may be in. Link-local (cloud metadata) and loopback ' +
+      'are outside the default; single-host mode adds loopback.',
+    format: 'cidr-list',
+    default: '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7',
+    env: 'GATEWAY_ALLOWED_NETWORKS',
+  },
+  apiTimeoutMs: {
+    doc: 'Timeout for one Arvados API call, in milliseconds.',
+    format: 'nat', default: 30_000, env: 'GATEWAY_API_TIMEOUT_MS',
+  },
+  dialTimeoutMs: {
+    doc: 'Timeout for reaching a container gateway (connect, TLS, upgrade), in milliseconds.',
+    format: 'nat', default: 15_000, env: 'GATEWAY_DIAL_TIMEOUT_MS',
+  },
+  headTimeoutMs: {
+    doc: 'Time a client has to send a complete request head and upgrade body, in milliseconds.',
+    format: 'nat', default: 30_000, env: 'GATEWAY_HEAD_TIMEOUT_MS',
+  },
+  drainGraceSeconds: {
+    doc: 'After SIGTERM, how long spliced sessions may go on before the process exits.',
+    format: 'nat', default: 30, env: 'GATEWAY_DRAIN_GRACE_SECONDS',
+  },
+  maxTunnels: {
+    doc: 'Most tunnels held at once; more are refused with 503.',
+    format: 'nat', default: 20_000, env: 'GATEWAY_MAX_TUNNELS',
+  },
+  maxStreamsPerTunnel: {
+    doc: 'Most streams open at once on one tunnel.',
+    format: 'nat', default: 1024, env: 'GATEWAY_MAX_STREAMS_PER_TUNNEL',
+  },
+  maxSessions: {
+    doc: 'Most spliced SSH sessions and log transfers at once; more are refused with 503.',
+    format: 'nat', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
+  },
+  logLevel: {
+    doc: 'Log level: trace, debug, info, warn, error, fatal.',
+    format: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
+    default: 'info', env: 'LOG_LEVEL',
+  },
+};
+
+/** Settings is the validated, typed form of the sidecar's settings. */
+export interface Settings {
+  listen: string;
+  tlsCert: string;
+  tlsKey: string;
+  adminListen: string;
+  arvadosConfig: string;
+  clusterId: string;
+  rootTokenFile: string;
+  configMap: string;
+  configMapKey: string;
+  kubeconfig: string;
+  controllerUrl: string;
+  internalUrl: string;
+  peersService: string;
+  podName: string;
+  podIp: string;
+  podNamespace: string;
+  allowLoopbackGateways: boolean;
+  gatewayNetworks: string;
+  apiTimeoutMs: number;
+  dialTimeoutMs: number;
+  headTimeoutMs: number;
+  drainGraceSeconds: number;
+  maxTunnels: number;
+  maxStreamsPerTunnel: number;
+  maxSessions: number;
+  logLevel: string;
+}
+
+/** loadSettings reads the environment (and overrides), validates, and names any bad setting. */
+export function loadSettings(
+  env: NodeJS.ProcessEnv = process.env,
+  overrides: Partial<Settings> = {},
+): Settings {
+  const config = convict(schema, { env, args: [] });
+  config.load(overrides);
+  config.validate({ allowed: 'strict' });
+  const settings = config.getProperties() as Settings;
+  if ((settings.tlsCert === '') !== (settings.tlsKey === '')) {
+    throw new Error('GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together');
+  }
+  return settings;
+}
+
+/** describeSettings lists every setting with its variable, default and doc, for the README. */
+export function describeSettings(): { env: string; default: unknown; doc: string }[] {
+  return Object.values(schema).map((s) => ({ env: s.env, default: s.default, doc: s.doc }));
+}
+
+/** parseHostPort splits "host:port" or "[v6]:port"; undefined when it is not one. */
+export function parseHostPort(value: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  return { host: m[1] ?? m[2], port };
+}
+
+/** splitList splits a comma-separated setting, ignoring blanks. */
+export function splitList(value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+}
+
+/** parseCidr checks "address/bits" for IPv4 or IPv6. */
+export function parseCidr(value: string): { address: string; bits: number; v6: boolean } | undefined {
+  const m = /^([0-9a-fA-F:.]+)\/(\d{1,3})$/.exec(value);
+  if (!m) return undefined;
+  const v6 = m[1].includes(':');
+  const bits = Number(m[2]);
+  if (bits > (v6 ? 128 : 32)) return undefined;
+  return { address: m[1], bits, v6 };
+}

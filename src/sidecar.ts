@@ -1,0 +1,212 @@
+// The sidecar put together: settings in, listeners up, and the life cycle of a pod around them
+// (ready once the config has loaded, drain on SIGTERM).
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { ArvadosClient } from './arvados/client.ts';
+import { ClusterConfigStore, redactedClusterConfig, type ClusterConfig } from
+  './arvados/cluster-config.ts';
+import { watchConfigFile, watchTokenFile } from './arvados/config-file.ts';
+import { SessionLimiter, type GatewayContext } from './endpoints/context.ts';
+import { Passthrough } from './endpoints/passthrough.ts';
+import { handleLogs } from './endpoints/logs.ts';
+import { handleSsh } from './endpoints/ssh.ts';
+import { handleTunnel } from './endpoints/tunnel.ts';
+import { GatewayLocator, sameOrigin } from './gateway/locate.ts';
+import { startAdmin } from './http/admin.ts';
+import { FrontDoor } from './http/front.ts';
+import type { Logger } from './log.ts';
+import { Metrics } from './observability/metrics.ts';
+import { parseHostPort, type Settings } from './settings.ts';
+import { TunnelRegistry } from './tunnel/registry.ts';
+
+// Log requests are recognised loosely here (also in absolute form) and checked strictly by
+// the endpoint, so a malformed log path gets the endpoint's 400 rather than reaching the
+// controller.
+const LOG_ROUTE = /^(?:https?:\/\/[^/]+)?\/arvados\/v1\/container_requests\/[^/?]+\/log(?:[/?]|$)/i;
+
+/** SidecarOptions are what a caller may inject besides settings (tests, the demo). */
+export interface SidecarOptions {
+  settings: Settings;
+  log: Logger;
+  processMetrics?: boolean;
+}
+
+/** Sidecar is a running sidecar. */
+export class Sidecar {
+  readonly settings: Settings;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly config: ClusterConfigStore;
+  readonly registry = new TunnelRegistry();
+  readonly ctx: GatewayContext;
+  #front: FrontDoor;
+  #admin: Server | undefined;
+  #passthrough: Passthrough;
+  #api: ArvadosClient;
+  #stoppers: (() => void)[] = [];
+  #frontAddress: AddressInfo | undefined;
+  #ownUrl = '';
+  #draining = false;
+  #listening = false;
+
+  constructor(opts: SidecarOptions) {
+    const { settings, log } = opts;
+    this.settings = settings;
+    this.log = log;
+    this.metrics = new Metrics(opts.processMetrics ?? true);
+    this.config = new ClusterConfigStore(settings.clusterId);
+    this.#api = new ArvadosClient({
+      baseUrl: settings.controllerUrl,
+      timeoutMs: settings.apiTimeoutMs,
+      observe: (call, outcome, seconds) => this.metrics.observeApiCall(call, outcome, seconds),
+    });
+    this.#passthrough = new Passthrough(settings.controllerUrl, log, this.metrics);
+    const locator = new GatewayLocator({
+      registry: this.registry,
+      ownUrl: () => this.#ownUrl,
+      isKnownPeer: async (url) => this.#isKnownPeer(url),
+      allowLoopbackGateways: settings.allowLoopbackGateways,
+      allowedNetworks: settings.gatewayNetworks,
+    });
+    this.ctx = {
+      settings, log, metrics: this.metrics, api: this.#api, config: this.config,
+      registry: this.registry, locator, ownUrl: () => this.#ownUrl,
+      sessions: new SessionLimiter(settings.maxSessions, (n) => this.metrics.sessionsActive.set(n)),
+      draining: () => this.#draining,
+    };
+    this.#front = new FrontDoor({
+      log,
+      headTimeoutMs: settings.headTimeoutMs,
+      tlsCertFile: settings.tlsCert || undefined,
+      tlsKeyFile: settings.tlsKey || undefined,
+      handlers: {
+        upgrade: (up, route) => route.kind === 'tunnel'
+          ? handleTunnel(up, route.uuid, this.ctx)
+          : handleSsh(up, route.uuid, this.ctx),
+        request: (req, res, secure) => LOG_ROUTE.test(req.url ?? '')
+          ? handleLogs(req, res, this.ctx)
+          : this.#passthrough.handle(req, res, secure),
+        otherUpgrade: (req, socket, head) => this.#passthrough.handleUpgrade(req, socket, head),
+      },
+    });
+    this.config.on('change', (c: ClusterConfig, source: string) => {
+      this.metrics.configReloads.labels('ok').inc();
+      this.metrics.configLastReloadOk.set(1);
+      log.info({ source, cluster_id: c.clusterId }, 'cluster config loaded');
+    });
+    this.config.on('rejected', (err: Error, source: string) => {
+      this.metrics.configReloads.labels('error').inc();
+      this.metrics.configLastReloadOk.set(0);
+      log.error({ source, err: err.message }, 'cluster config refused; keeping the last good one');
+    });
+  }
+
+  /** ownUrl is this sidecar's internal URL, as crunch-run records it and peers dial it. */
+  get ownUrl(): string {
+    return this.#ownUrl;
+  }
+
+  /** frontPort is the port the front door listens on. */
+  get frontPort(): number {
+    return this.#frontAddress?.port ?? 0;
+  }
+
+  /** adminPort is the port the admin listener listens on. */
+  get adminPort(): number {
+    return (this.#admin?.address() as AddressInfo | undefined)?.port ?? 0;
+  }
+
+  /** ready says whether the sidecar should receive traffic, and if not why. */
+  ready(): { ready: boolean; reason: string } {
+    if (this.#draining) return { ready: false, reason: 'draining' };
+    if (!this.#listening) return { ready: false, reason: 'listeners are not up' };
+    if (!this.config.current) return { ready: false, reason: 'cluster config is not loaded' };
+    return { ready: true, reason: 'ok' };
+  }
+
+  /** start loads the config sources and opens the listeners. */
+  async start(): Promise<void> {
+    const s = this.settings;
+    if (s.rootTokenFile) this.#stoppers.push(watchTokenFile(s.rootTokenFile, this.config, this.log));
+    this.#stoppers.push(watchConfigFile(s.arvadosConfig, this.config, this.log));
+
+    const admin = parseHostPort(s.adminListen)!;
+    this.#admin = await startAdmin(admin.host, admin.port, {
+      ready: () => this.ready(),
+      metrics: async () => {
+        this.metrics.streamsOpen.set(this.registry.all()
+          .reduce((n, t) => n + t.session.numStreams, 0));
+        this.metrics.ready.set(this.ready().ready ? 1 : 0);
+        return { contentType: this.metrics.registry.contentType,
+          body: await this.metrics.registry.metrics() };
+      },
+      tunnels: () => this.registry.describe(),
+      config: () => ({
+        cluster: this.config.current ? redactedClusterConfig(this.config.current) : null,
+        last_error: this.config.lastError,
+        own_url: this.#ownUrl,
+        settings: { ...this.settings },
+      }),
+    });
+    const front = parseHostPort(s.listen)!;
+    this.#frontAddress = await this.#front.listen(front.host, front.port);
+    this.#ownUrl = s.internalUrl || this.#defaultOwnUrl();
+    this.#listening = true;
+    this.log.info({
+      listen: `${this.#frontAddress.address}:${this.#frontAddress.port}`,
+      admin: `${admin.host}:${this.adminPort}`,
+      own_url: this.#ownUrl,
+    }, 'sidecar listening');
+  }
+
+  /**
+   * drain is the first half of a graceful stop: readiness falls, new tunnels are refused, and
+   * held tunnels get a GoAway so crunch-run redials another pod. Streams already open go on.
+   */
+  drain(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    for (const tunnel of this.registry.all()) tunnel.session.goAway();
+    this.log.info({ tunnels: this.registry.size, sessions: this.ctx.sessions.active },
+      'draining');
+  }
+
+  /** waitForSessions resolves when no spliced session is left, or after graceMs. */
+  async waitForSessions(graceMs: number): Promise<boolean> {
+    const deadline = Date.now() + graceMs;
+    while (this.ctx.sessions.active > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return this.ctx.sessions.active === 0;
+  }
+
+  /** stop closes everything now. */
+  async stop(): Promise<void> {
+    for (const stop of this.#stoppers) stop();
+    this.#listening = false;
+    const closing = this.#front.stopAccepting();
+    for (const tunnel of this.registry.all()) tunnel.session.close();
+    this.#front.destroyAll();
+    await closing;
+    await new Promise<void>((resolve) => {
+      if (!this.#admin) return resolve();
+      this.#admin.close(() => resolve());
+      this.#admin.closeAllConnections();
+    });
+    await Promise.allSettled([this.#api.close(), this.#passthrough.close()]);
+  }
+
+  async #isKnownPeer(url: URL): Promise<boolean> {
+    const config = this.config.current;
+    if (config?.controllerInternalUrls.some((u) => sameOrigin(u, url.href))) return true;
+    return false;
+  }
+
+  #defaultOwnUrl(): string {
+    const scheme = this.settings.tlsCert ? 'https' : 'http';
+    const port = this.frontPort;
+    const host = this.settings.podIp || this.#frontAddress?.address || '127.0.0.1';
+    const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+    return `${scheme}://${h.includes(':') ? `[${h}]` : h}:${port}/`;
+  }
+}

@@ -1,0 +1,84 @@
+// Session options, their defaults and validation. Defaults match hashicorp/yamux's
+// DefaultConfig so a session behaves like the Go peers it talks to.
+import { INITIAL_STREAM_WINDOW, MAX_WINDOW } from './const.ts';
+
+/** SessionOptions tunes one yamux session; only `role` is required. */
+export interface SessionOptions {
+  /** role decides stream id parity: a client opens odd ids, a server even ones. */
+  role: 'client' | 'server';
+  /** keepAliveIntervalMs is the time between keepalive pings; 0 disables them. */
+  keepAliveIntervalMs?: number;
+  /** connectionWriteTimeoutMs bounds how long a ping reply or a socket drain may take. */
+  connectionWriteTimeoutMs?: number;
+  /** maxStreamWindow is the receive window granted per stream, at least 256 KiB. */
+  maxStreamWindow?: number;
+  /** acceptBacklog is how many inbound streams may wait for accept() before new ones get RST. */
+  acceptBacklog?: number;
+  /** maxStreams caps the streams open at once; unset means no cap. */
+  maxStreams?: number;
+}
+
+/** SessionConfig is SessionOptions with every default filled in. */
+export interface SessionConfig {
+  readonly client: boolean;
+  readonly keepAliveIntervalMs: number;
+  readonly connectionWriteTimeoutMs: number;
+  readonly maxStreamWindow: number;
+  readonly acceptBacklog: number;
+  readonly maxStreams: number;
+}
+
+/** DEFAULT_KEEPALIVE_INTERVAL_MS is the keepalive period when none is given. */
+export const DEFAULT_KEEPALIVE_INTERVAL_MS = 30_000;
+/** DEFAULT_CONNECTION_WRITE_TIMEOUT_MS is the dead-peer limit when none is given. */
+export const DEFAULT_CONNECTION_WRITE_TIMEOUT_MS = 10_000;
+/** DEFAULT_ACCEPT_BACKLOG is the un-accepted stream limit when none is given. */
+export const DEFAULT_ACCEPT_BACKLOG = 256;
+
+/** resolveConfig validates options and fills in defaults; it throws TypeError/RangeError. */
+export function resolveConfig(options: SessionOptions): SessionConfig {
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError('yamux: options must be an object');
+  }
+  if (options.role !== 'client' && options.role !== 'server') {
+    throw new TypeError("yamux: role must be 'client' or 'server'");
+  }
+  const keepAliveIntervalMs = integer(
+    'keepAliveIntervalMs', options.keepAliveIntervalMs, DEFAULT_KEEPALIVE_INTERVAL_MS, 0, MAX_TIMER,
+  );
+  const connectionWriteTimeoutMs = integer(
+    'connectionWriteTimeoutMs', options.connectionWriteTimeoutMs,
+    DEFAULT_CONNECTION_WRITE_TIMEOUT_MS, 1, MAX_TIMER,
+  );
+  const maxStreamWindow = integer(
+    'maxStreamWindow', options.maxStreamWindow, INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW,
+    MAX_WINDOW,
+  );
+  const acceptBacklog = integer(
+    'acceptBacklog', options.acceptBacklog, DEFAULT_ACCEPT_BACKLOG, 1, Number.MAX_SAFE_INTEGER,
+  );
+  const maxStreams = integer(
+    'maxStreams', options.maxStreams, Number.POSITIVE_INFINITY, 1, Number.MAX_SAFE_INTEGER,
+  );
+  return {
+    client: options.role === 'client',
+    keepAliveIntervalMs,
+    connectionWriteTimeoutMs,
+    maxStreamWindow,
+    acceptBacklog,
+    maxStreams,
+  };
+}
+
+// Node clamps longer timer delays to 1 ms, which would turn a long timeout into an instant one.
+const MAX_TIMER = 2 ** 31 - 1;
+
+function integer(
+  name: string, value: number | undefined, fallback: number, min: number, max: number,
+): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`yamux: ${name} must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}

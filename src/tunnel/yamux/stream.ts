@@ -1,0 +1,365 @@
+// One yamux stream as a node:stream Duplex. Flow control lives here: the receive window is
+// handed back to the peer only as the consumer pulls data (from _read), and writes wait for the
+// peer's window updates instead of polling.
+import { Duplex } from 'node:stream';
+import {
+  FLAG_FIN, FLAG_RST, INITIAL_STREAM_WINDOW, MAX_DATA_FRAME, MAX_WINDOW, TYPE_DATA,
+  TYPE_WINDOW_UPDATE, YamuxError,
+} from './const.ts';
+import type { Session } from './session.ts';
+
+/** WriteCallback is told when a frame has left through the socket, or why it could not. */
+export type WriteCallback = (err?: Error | null) => void;
+
+/** StreamLink is what a stream needs from its session; it is internal to this package. */
+export interface StreamLink {
+  /** maxWindow is the receive window this side grants per stream. */
+  readonly maxWindow: number;
+  /** isClosed tells whether the session is shut down. */
+  isClosed(): boolean;
+  /** writeFrame sends one frame; payload pieces are sent as they are, without copying. */
+  writeFrame(
+    type: number, flags: number, streamId: number, length: number,
+    payload: Buffer[] | null, cb?: WriteCallback,
+  ): void;
+  /** release forgets a stream that is closed both ways or reset. */
+  release(stream: Stream): void;
+}
+
+// Symbol-named methods are the session's handle on a stream; index.ts does not export them.
+/** kOpen sends the SYN of a stream this side opened. */
+export const kOpen = Symbol('yamux.open');
+/** kAccept sends the ACK of a stream handed out by accept(). */
+export const kAccept = Symbol('yamux.accept');
+/** kExpect books a Data frame's length against the receive window. */
+export const kExpect = Symbol('yamux.expect');
+/** kData appends a piece of payload for the consumer. */
+export const kData = Symbol('yamux.data');
+/** kWindow adds a window update to the send window. */
+export const kWindow = Symbol('yamux.window');
+/** kFin records the peer's FIN. */
+export const kFin = Symbol('yamux.fin');
+/** kRemoteEnded tells whether the peer's FIN was seen. */
+export const kRemoteEnded = Symbol('yamux.remoteEnded');
+/** kTerminate ends a stream from the session side without sending RST. */
+export const kTerminate = Symbol('yamux.terminate');
+
+// Below this size payload is copied into a shared slab, so tiny frames neither pin whole socket
+// chunks nor cost one queue entry each.
+const COPY_BELOW = 4096;
+const SLAB_SIZE = 16 * 1024;
+
+/** InboundQueue holds received payload that the consumer has not pulled yet. */
+class InboundQueue {
+  #items: Buffer[] = [];
+  #head = 0;
+  #slab: Buffer | null = null;
+  #slabUsed = 0;
+  // Where the last item starts in the slab while it may still grow; -1 when it may not.
+  #tailStart = -1;
+  bytes = 0;
+
+  get empty(): boolean {
+    return this.#head === this.#items.length;
+  }
+
+  add(piece: Buffer): void {
+    const len = piece.length;
+    this.bytes += len;
+    if (len >= COPY_BELOW) {
+      this.#tailStart = -1;
+      // A view keeps its whole backing chunk alive; keep it only when it is most of the chunk.
+      this.#items.push(len * 2 >= piece.buffer.byteLength ? piece : Buffer.from(piece));
+      return;
+    }
+    let slab = this.#slab;
+    if (slab === null || this.#slabUsed + len > slab.length) {
+      slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+      this.#slab = slab;
+      this.#slabUsed = 0;
+      this.#tailStart = -1;
+    }
+    const start = this.#slabUsed;
+    piece.copy(slab, start);
+    this.#slabUsed = start + len;
+    if (this.#tailStart >= 0) {
+      this.#items[this.#items.length - 1] = slab.subarray(this.#tailStart, this.#slabUsed);
+    } else {
+      this.#tailStart = start;
+      this.#items.push(slab.subarray(start, this.#slabUsed));
+    }
+  }
+
+  shift(): Buffer {
+    const item = this.#items[this.#head++];
+    this.bytes -= item.length;
+    if (this.#head === this.#items.length) {
+      this.#items.length = 0;
+      this.#head = 0;
+      this.#tailStart = -1;
+    } else if (this.#head >= 1024 && this.#head * 2 >= this.#items.length) {
+      this.#items.splice(0, this.#head);
+      this.#head = 0;
+    }
+    return item;
+  }
+
+  clear(): void {
+    this.#items = [];
+    this.#head = 0;
+    this.#slab = null;
+    this.#tailStart = -1;
+    this.bytes = 0;
+  }
+}
+
+interface PendingWrite {
+  bufs: Buffer[];
+  index: number;
+  offset: number;
+  cb: WriteCallback;
+}
+
+/** Stream is one multiplexed, flow-controlled, half-closable byte stream of a Session. */
+export class Stream extends Duplex {
+  /** id is the stream id on the wire: odd when the client opened it, even for the server. */
+  readonly id: number;
+  /** session is the Session this stream belongs to. */
+  readonly session: Session;
+
+  readonly #link: StreamLink;
+  // SYN or ACK still owed to the peer; it rides on the next frame this stream sends.
+  #flags: number;
+  #sendWindow = INITIAL_STREAM_WINDOW;
+  // Bytes the peer may still send before it must wait for a window update.
+  #recvWindow = INITIAL_STREAM_WINDOW;
+  // Bytes booked against the window (received or in flight) that the consumer has not pulled.
+  #unacked = 0;
+  readonly #queue = new InboundQueue();
+  #wantRead = false;
+  #remoteFin = false;
+  #endPushed = false;
+  #localFin = false;
+  #reset = false;
+  #released = false;
+  #pending: PendingWrite | null = null;
+
+  /** The constructor is for Session only; get streams from open() and accept(). */
+  constructor(session: Session, id: number, link: StreamLink, flags: number) {
+    super({ allowHalfOpen: true });
+    this.session = session;
+    this.id = id;
+    this.#link = link;
+    this.#flags = flags;
+  }
+
+  /** sendWindow is how many bytes may be sent before the peer grants more. */
+  get sendWindow(): number {
+    return this.#sendWindow;
+  }
+
+  /** bufferedInbound is how many received bytes wait for the consumer to pull them. */
+  get bufferedInbound(): number {
+    return this.#queue.bytes;
+  }
+
+  [kOpen](): void {
+    this.#updateWindow();
+  }
+
+  [kAccept](): void {
+    this.#updateWindow();
+  }
+
+  [kRemoteEnded](): boolean {
+    return this.#remoteFin;
+  }
+
+  [kExpect](length: number): boolean {
+    if (length > this.#recvWindow) return false;
+    this.#recvWindow -= length;
+    this.#unacked += length;
+    return true;
+  }
+
+  [kData](piece: Buffer): void {
+    if (this.#reset || this.destroyed) return;
+    this.#queue.add(piece);
+    if (this.#wantRead) this.#drain();
+  }
+
+  [kWindow](delta: number): boolean {
+    const next = this.#sendWindow + delta;
+    if (next > MAX_WINDOW) return false;
+    this.#sendWindow = next;
+    if (delta > 0 && this.#pending !== null) this.#pump();
+    return true;
+  }
+
+  [kFin](): boolean {
+    if (this.#remoteFin) return false;
+    this.#remoteFin = true;
+    if (this.#localFin) this.#release();
+    if (this.#queue.empty) this.#pushEnd();
+    return true;
+  }
+
+  [kTerminate](err: Error | null): void {
+    if (this.#reset) return;
+    this.#reset = true;
+    this.#release();
+    this.destroy(err ?? undefined);
+  }
+
+  _read(): void {
+    this.#wantRead = true;
+    this.#drain();
+  }
+
+  _write(chunk: Buffer, _encoding: BufferEncoding, cb: WriteCallback): void {
+    this.#startWrite([chunk], cb);
+  }
+
+  _writev(chunks: Array<{ chunk: Buffer }>, cb: WriteCallback): void {
+    const bufs = new Array<Buffer>(chunks.length);
+    for (let i = 0; i < chunks.length; i++) bufs[i] = chunks[i].chunk;
+    this.#startWrite(bufs, cb);
+  }
+
+  _final(cb: WriteCallback): void {
+    if (this.#reset || this.#link.isClosed()) {
+      cb(this.#closedError());
+      return;
+    }
+    this.#localFin = true;
+    this.#link.writeFrame(TYPE_WINDOW_UPDATE, this.#takeFlags() | FLAG_FIN, this.id, 0, null, cb);
+    if (this.#remoteFin) this.#release();
+  }
+
+  _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.#released) {
+      this.#reset = true;
+      this.#release();
+      this.#link.writeFrame(TYPE_WINDOW_UPDATE, this.#takeFlags() | FLAG_RST, this.id, 0, null);
+    }
+    this.#queue.clear();
+    const pending = this.#pending;
+    this.#pending = null;
+    if (pending !== null) pending.cb(err ?? new YamuxError('ERR_YAMUX_STREAM_CLOSED'));
+    cb(err);
+  }
+
+  #drain(): void {
+    const queue = this.#queue;
+    let pulled = 0;
+    while (this.#wantRead && !queue.empty) {
+      const item = queue.shift();
+      pulled += item.length;
+      this.#wantRead = this.push(item);
+      if (this.destroyed) return;
+    }
+    if (queue.empty && this.#remoteFin) this.#pushEnd();
+    if (pulled > 0) {
+      this.#unacked -= pulled;
+      this.#updateWindow();
+    }
+  }
+
+  #pushEnd(): void {
+    if (this.#endPushed) return;
+    this.#endPushed = true;
+    this.push(null);
+  }
+
+  // Hands credit back once the consumer has taken at least half a window, like hashicorp, so
+  // a slow consumer keeps the peer stalled and a fast one costs few updates.
+  #updateWindow(): void {
+    if (this.#reset || this.#released || this.#link.isClosed()) return;
+    const flags = this.#flags;
+    if (this.#remoteFin && flags === 0) return;
+    const max = this.#link.maxWindow;
+    const delta = max - this.#unacked - this.#recvWindow;
+    if (flags === 0 && delta < max / 2) return;
+    this.#flags = 0;
+    this.#recvWindow += delta;
+    this.#link.writeFrame(TYPE_WINDOW_UPDATE, flags, this.id, delta, null);
+  }
+
+  #takeFlags(): number {
+    const flags = this.#flags;
+    this.#flags = 0;
+    return flags;
+  }
+
+  #closedError(): Error {
+    return this.#link.isClosed()
+      ? new YamuxError('ERR_YAMUX_SESSION_SHUTDOWN')
+      : new YamuxError('ERR_YAMUX_STREAM_CLOSED');
+  }
+
+  #startWrite(bufs: Buffer[], cb: WriteCallback): void {
+    if (this.#reset || this.#link.isClosed()) {
+      cb(this.#closedError());
+      return;
+    }
+    this.#pending = { bufs, index: 0, offset: 0, cb };
+    this.#pump();
+  }
+
+  // Sends as much of the pending write as the window allows; a window update calls it again.
+  #pump(): void {
+    const p = this.#pending;
+    if (p === null) return;
+    const bufs = p.bufs;
+    for (;;) {
+      if (this.#link.isClosed()) {
+        this.#pending = null;
+        p.cb(this.#closedError());
+        return;
+      }
+      skipEmpty(p);
+      if (p.index === bufs.length) {
+        // Only empty buffers were left, so no frame carries the callback.
+        this.#pending = null;
+        p.cb();
+        return;
+      }
+      const room = Math.min(this.#sendWindow, MAX_DATA_FRAME);
+      if (room === 0) return;
+      const pieces: Buffer[] = [];
+      let len = 0;
+      while (len < room && p.index < bufs.length) {
+        const buf = bufs[p.index];
+        const take = Math.min(buf.length - p.offset, room - len);
+        pieces.push(take === buf.length ? buf : buf.subarray(p.offset, p.offset + take));
+        len += take;
+        p.offset += take;
+        if (p.offset === buf.length) {
+          p.index++;
+          p.offset = 0;
+        }
+      }
+      skipEmpty(p);
+      const last = p.index === bufs.length;
+      this.#sendWindow -= len;
+      if (last) this.#pending = null;
+      this.#link.writeFrame(
+        TYPE_DATA, this.#takeFlags(), this.id, len, pieces, last ? p.cb : undefined,
+      );
+      if (last) return;
+    }
+  }
+
+  #release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#link.release(this);
+  }
+}
+
+function skipEmpty(p: PendingWrite): void {
+  while (p.index < p.bufs.length && p.bufs[p.index].length === p.offset) {
+    p.index++;
+    p.offset = 0;
+  }
+}
