@@ -48,6 +48,8 @@ export class FakeArvados {
   readonly calls: ApiCall[] = [];
   /** failures maps "METHOD kind" (e.g. "PUT containers") to a status to answer once. */
   readonly failures = new Map<string, number>();
+  /** afterAnswer hooks run once an answer has been sent, to change state between calls. */
+  readonly afterAnswer: ((call: ApiCall) => void)[] = [];
   /** stallMs delays every answer, to test timeouts. */
   stallMs = 0;
   /** pageLimit caps list pages; undercount makes items_available claim more than exist. */
@@ -99,10 +101,12 @@ export class FakeArvados {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://fake');
     const token = /^(?:Bearer|OAuth2) (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
-    this.calls.push({
+    const call = {
       method: req.method ?? '', path: url.pathname, token,
       requestId: String(req.headers['x-request-id'] ?? ''),
-    });
+    };
+    this.calls.push(call);
+    res.once('finish', () => this.afterAnswer.forEach((hook) => hook(call)));
     let body = '';
     for await (const chunk of req) body += chunk;
     if (this.stallMs > 0) await new Promise((r) => setTimeout(r, this.stallMs));

@@ -195,7 +195,7 @@ async function proxyToGateway(
   });
   const upstream = httpRequest({
     method: lr.req.method, path: lr.pathAndQuery, headers,
-    createConnection: () => conn.socket, agent: false,
+    createConnection: () => conn.socket,
   });
   await relay(lr, upstream, ctx, (res) => {
     checkRespondAuth(res.headers['x-arvados-authorization-response'] as string | undefined, conn);
