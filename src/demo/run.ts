@@ -7,18 +7,26 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startCrunchRun } from '../../interop/lib/crunch-run.ts';
+import { startKeepWeb } from '../../interop/lib/keep-web.ts';
 import { LocalCluster, urlOf } from './cluster.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 const CTR = 'zzzzz-dz642-demo0container1';
+const SAVED_LOG = 'zzzzz-4zz18-demo0savedlogs1';
 
 /** runDemo runs the demo and returns the exit code. */
 export async function runDemo(_argv: string[]): Promise<number> {
   const say = (msg: string) => process.stdout.write(`demo: ${msg}\n`);
   const cluster = await new LocalCluster().start();
   let crunchRun;
+  let keepWeb;
   try {
     say(`simulated Arvados API at ${cluster.apiUrl}`);
+    const keepRoot = join(cluster.dir, 'keep');
+    mkdirSync(join(keepRoot, SAVED_LOG), { recursive: true });
+    keepWeb = await startKeepWeb({ root: keepRoot, token: cluster.rootToken });
+    cluster.writeConfig({ webdavInternalUrls: [`${keepWeb.url}/`] });
+    say(`test keep-web (Go, x/net/webdav) at ${keepWeb.url}`);
     const sidecar = await cluster.startSidecar({ logLevel: 'warn' });
     const front = urlOf(sidecar);
     say(`sidecar front door at ${front}, admin at http://127.0.0.1:${sidecar.adminPort}`);
@@ -52,13 +60,37 @@ export async function runDemo(_argv: string[]): Promise<number> {
     const tunnels = await (await fetch(`http://127.0.0.1:${sidecar.adminPort}/debug/tunnels`))
       .json();
     say(`/debug/tunnels: ${JSON.stringify(tunnels)}`);
-    say('done: tunnel, SSH upgrade and relay all worked end to end');
+
+    const cr = [...cluster.api.requests.values()].find((r) => r.container_uuid === CTR)!;
+    const logUrl = `${front}/arvados/v1/container_requests/${cr.uuid}/log`;
+    const auth = { authorization: `Bearer ${alice.token}` };
+    writeFileSync(join(work, 'log', 'stderr.txt'), 'line two, written while running\n',
+      { flag: 'a' });
+    const live = await fetch(`${logUrl}/${CTR}/stderr.txt`, { headers: auth });
+    say(`live log through the tunnel: GET .../log/${CTR}/stderr.txt -> ${live.status}`);
+    for (const line of (await live.text()).trim().split('\n')) say(`  ${line}`);
+
+    say('the container finishes: crunch-run exits and its log is saved to a collection');
+    await crunchRun.stop();
+    crunchRun = undefined;
+    const savedDir = join(keepRoot, SAVED_LOG, `log for container ${CTR}`);
+    mkdirSync(savedDir, { recursive: true });
+    writeFileSync(join(savedDir, 'stderr.txt'),
+      'starting the demo container\nline two, written while running\nfinished\n');
+    ctr.state = 'Complete';
+    cr.log_uuid = SAVED_LOG;
+    const saved = await fetch(`${logUrl}/${CTR}/stderr.txt`, { headers: auth });
+    say(`saved log from keep-web: GET .../log/${CTR}/stderr.txt -> ${saved.status}`);
+    for (const line of (await saved.text()).trim().split('\n')) say(`  ${line}`);
+    if (!live.ok || !saved.ok) return 1;
+    say('done: tunnel, SSH, live and saved logs all worked end to end');
     return 0;
   } catch (err) {
     say(`failed: ${(err as Error).message}`);
     return 1;
   } finally {
     await crunchRun?.stop();
+    await keepWeb?.stop();
     await cluster.stop();
   }
 }
