@@ -13,6 +13,6 @@ test('the demo runs end to end', async () => {
     { timeout: 120_000 });
   assert.match(stdout, /container says: hello from /);
   assert.match(stdout, /live log through the tunnel: .* -> 200/);
-  assert.match(stdout, /saved log from keep-web: .* -> 200\n(demo: .*\n)*demo: {2}finished/);
+  assert.match(stdout, /saved log from keep-web: .* -> 200\n(demo: .*\n)*demo: {3}finished/);
   assert.match(stdout, /^demo: done: /m);
 });
