@@ -49,10 +49,16 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await sshProxy(argv.slice(1));
       return;
     }
+    case 'tunnel-probe': {
+      const { tunnelProbe } = await import('./cli/tunnel-probe.ts');
+      process.exitCode = await tunnelProbe(argv.slice(1));
+      return;
+    }
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write('usage: arvados-gateway-sidecar [serve | demo | ssh-proxy --url URL UUID]\n');
+      process.stdout.write('usage: arvados-gateway-sidecar [serve | demo | ' +
+        'ssh-proxy --url URL UUID | tunnel-probe --url URL --uuid UUID]\n');
       return;
     default:
       process.stderr.write(`arvados-gateway-sidecar: unknown command ${JSON.stringify(command)}\n`);

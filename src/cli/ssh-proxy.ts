@@ -3,9 +3,8 @@
 //   ssh -o ProxyCommand='arvados-gateway-sidecar ssh-proxy --url http://127.0.0.1:8443 %h' \
 //     root@zzzzz-dz642-0123456789abcde
 // The token comes from ARVADOS_API_TOKEN, never from the command line (which `ps` shows).
-import { connect as tcpConnect } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
 import type { Duplex } from 'node:stream';
+import { connectUrl } from '../http/connect.ts';
 import { parseArgs } from 'node:util';
 import { sendUpgrade, readSomeBody } from '../gateway/upgrade-client.ts';
 
@@ -44,7 +43,7 @@ export async function sshProxy(argv: string[]): Promise<number> {
   const url = new URL(values.url);
   let socket: Duplex;
   try {
-    socket = await dial(url, values.insecure);
+    socket = await connectUrl(url, { rejectUnauthorized: !values.insecure, timeoutMs: 30_000 });
   } catch (err) {
     process.stderr.write(`ssh-proxy: cannot connect to ${url.host}: ${(err as Error).message}\n`);
     return 1;
@@ -78,21 +77,6 @@ export async function sshProxy(argv: string[]): Promise<number> {
   });
 }
 
-function dial(url: URL, insecure: boolean): Promise<Duplex> {
-  const secure = url.protocol === 'https:';
-  const port = Number(url.port || (secure ? 443 : 80));
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  return new Promise((resolve, reject) => {
-    const socket = secure
-      ? tlsConnect({ host, port, servername: host, rejectUnauthorized: !insecure })
-      : tcpConnect({ host, port });
-    socket.once('error', reject);
-    socket.once(secure ? 'secureConnect' : 'connect', () => {
-      socket.removeListener('error', reject);
-      resolve(socket);
-    });
-  });
-}
 
 function messageOf(body: Buffer): string {
   try {

@@ -1,7 +1,5 @@
 // The SSH endpoint: a user's `arvados-client shell` (an OpenSSH ProxyCommand) asks to upgrade
 // to a byte stream that ends at the SSH server in the container's gateway.
-import { connect as tcpConnect } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Container } from '../arvados/client.ts';
 import { GatewayError, asGatewayError } from '../errors.ts';
@@ -9,6 +7,7 @@ import { checkRespondAuth, dialGateway } from '../gateway/dial.ts';
 import type { GatewayRoute } from '../gateway/locate.ts';
 import { splice } from '../gateway/splice.ts';
 import { readSomeBody, sendUpgrade, type UpgradeAnswer } from '../gateway/upgrade-client.ts';
+import { connectUrl } from '../http/connect.ts';
 import type { Logger } from '../log.ts';
 import { bearerToken, refuse, switchingProtocols, type UpgradeRequest } from '../http/upgrade.ts';
 import { clusterConfig, isContainerUuid, requestId, type GatewayContext } from './context.ts';
@@ -206,27 +205,14 @@ async function peerError(answer: UpgradeAnswer, socket: Duplex): Promise<Gateway
 }
 
 /** connectPeer opens a connection to a peer sidecar's front door. */
-export function connectPeer(peer: URL, ctx: GatewayContext): Promise<Duplex> {
-  const port = Number(peer.port || (peer.protocol === 'https:' ? 443 : 80));
-  const host = peer.hostname.replace(/^\[|\]$/g, '');
-  return new Promise((resolve, reject) => {
-    const insecure = ctx.config.current?.tlsInsecure ?? false;
-    const socket = peer.protocol === 'https:'
-      ? tlsConnect({ host, port, servername: host, rejectUnauthorized: !insecure })
-      : tcpConnect({ host, port });
-    const timer = setTimeout(() => fail(new Error('timeout')), ctx.settings.dialTimeoutMs);
-    const fail = (err: Error) => {
-      clearTimeout(timer);
-      socket.destroy();
-      ctx.metrics.peerForwards.labels('ssh', 'unreachable').inc();
-      reject(new GatewayError(503, `proxy error: peer: ${(err as { code?: string }).code ?? err.message}`));
-    };
-    socket.once('error', fail);
-    socket.once(peer.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
-      clearTimeout(timer);
-      socket.removeListener('error', fail);
-      socket.on('error', () => {});
-      resolve(socket);
-    });
-  });
+async function connectPeer(peer: URL, ctx: GatewayContext): Promise<Duplex> {
+  const insecure = ctx.config.current?.tlsInsecure ?? false;
+  try {
+    return await connectUrl(peer, { rejectUnauthorized: !insecure,
+      timeoutMs: ctx.settings.dialTimeoutMs });
+  } catch (err) {
+    ctx.metrics.peerForwards.labels('ssh', 'unreachable').inc();
+    const code = (err as { code?: string }).code ?? (err as Error).message;
+    throw new GatewayError(503, `proxy error: peer: ${code}`);
+  }
 }
