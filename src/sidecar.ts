@@ -15,6 +15,8 @@ import { GatewayLocator, sameOrigin } from './gateway/locate.ts';
 import { startAdmin } from './http/admin.ts';
 import { FrontDoor } from './http/front.ts';
 import type { Logger } from './log.ts';
+import { ConfigMapSource } from './kube/configmap-source.ts';
+import { PeerResolver, ownInternalUrl, type ResolveFn } from './kube/peers.ts';
 import { Metrics } from './observability/metrics.ts';
 import { parseHostPort, type Settings } from './settings.ts';
 import { TunnelRegistry } from './tunnel/registry.ts';
@@ -29,6 +31,8 @@ export interface SidecarOptions {
   settings: Settings;
   log: Logger;
   processMetrics?: boolean;
+  /** resolvePeers replaces DNS for the peers' headless Service (tests). */
+  resolvePeers?: ResolveFn;
 }
 
 /** Sidecar is a running sidecar. */
@@ -48,6 +52,7 @@ export class Sidecar {
   #ownUrl = '';
   #draining = false;
   #listening = false;
+  #peers: PeerResolver | undefined;
 
   constructor(opts: SidecarOptions) {
     const { settings, log } = opts;
@@ -61,6 +66,11 @@ export class Sidecar {
       observe: (call, outcome, seconds) => this.metrics.observeApiCall(call, outcome, seconds),
     });
     this.#passthrough = new Passthrough(settings.controllerUrl, log, this.metrics);
+    if (settings.peersService) {
+      this.#peers = new PeerResolver({
+        serviceName: settings.peersService, resolve: opts.resolvePeers, logger: log,
+      });
+    }
     const locator = new GatewayLocator({
       registry: this.registry,
       ownUrl: () => this.#ownUrl,
@@ -128,7 +138,8 @@ export class Sidecar {
   async start(): Promise<void> {
     const s = this.settings;
     if (s.rootTokenFile) this.#stoppers.push(watchTokenFile(s.rootTokenFile, this.config, this.log));
-    this.#stoppers.push(watchConfigFile(s.arvadosConfig, this.config, this.log));
+    if (s.configMap) await this.#watchConfigMap();
+    else this.#stoppers.push(watchConfigFile(s.arvadosConfig, this.config, this.log));
 
     const admin = parseHostPort(s.adminListen)!;
     this.#admin = await startAdmin(admin.host, admin.port, {
@@ -196,16 +207,41 @@ export class Sidecar {
     await Promise.allSettled([this.#api.close(), this.#passthrough.close()]);
   }
 
+  // The ConfigMap is the cluster config's source of truth in Kubernetes: a broken edit is
+  // refused by the store (the last good config stays), and a deleted ConfigMap leaves the last
+  // good config in force until it comes back.
+  async #watchConfigMap(): Promise<void> {
+    const [namespace, name] = this.settings.configMap.split('/');
+    const source = new ConfigMapSource({
+      namespace, name, key: this.settings.configMapKey,
+      kubeconfigPath: this.settings.kubeconfig || undefined, logger: this.log,
+    });
+    source.on('config', (text) => this.config.update(text, `configmap ${namespace}/${name}`));
+    source.on('deleted', () => {
+      this.metrics.configReloads.labels('deleted').inc();
+      this.log.error({ configmap: this.settings.configMap },
+        'cluster config ConfigMap was deleted; keeping the last good config');
+    });
+    source.on('watch-error', () => this.metrics.configReloads.labels('watch_error').inc());
+    this.#stoppers.push(() => source.stop());
+    await source.start();
+  }
+
   async #isKnownPeer(url: URL): Promise<boolean> {
     const config = this.config.current;
     if (config?.controllerInternalUrls.some((u) => sameOrigin(u, url.href))) return true;
-    return false;
+    return this.#peers ? this.#peers.isPeer(url) : false;
   }
 
   #defaultOwnUrl(): string {
     const scheme = this.settings.tlsCert ? 'https' : 'http';
     const port = this.frontPort;
-    const host = this.settings.podIp || this.#frontAddress?.address || '127.0.0.1';
+    const { podIp, podName, podNamespace, peersService } = this.settings;
+    if (podIp || (podName && peersService)) {
+      return ownInternalUrl({ podIp, podName, namespace: podNamespace, service: peersService,
+        scheme, port });
+    }
+    const host = this.#frontAddress?.address ?? '127.0.0.1';
     const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
     return `${scheme}://${h.includes(':') ? `[${h}]` : h}:${port}/`;
   }

@@ -1,7 +1,7 @@
 // Reads the cluster config (and the root token file) from disk and re-reads them when they
 // change. Polling, not inotify: a mounted ConfigMap or Secret changes by swapping a symlink,
 // which inotify on the file itself does not report.
-import { readFileSync, watchFile, unwatchFile } from 'node:fs';
+import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
 import type { Logger } from '../log.ts';
 import type { ClusterConfigStore } from './cluster-config.ts';
 
@@ -27,10 +27,12 @@ export function watchConfigFile(
     onResult(err === undefined);
   };
   load();
-  watchFile(path, { interval: POLL_MS }, (now, before) => {
+  const onChange = (now: Stats, before: Stats) => {
     if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino || now.size !== before.size) load();
-  });
-  return () => unwatchFile(path);
+  };
+  watchFile(path, { interval: POLL_MS }, onChange);
+  // Only this listener: other watchers of the same file in this process keep theirs.
+  return () => unwatchFile(path, onChange);
 }
 
 /** watchTokenFile keeps the store's root token in step with a mounted Secret file. */
@@ -44,5 +46,5 @@ export function watchTokenFile(path: string, store: ClusterConfigStore, log: Log
   };
   load();
   watchFile(path, { interval: POLL_MS }, load);
-  return () => unwatchFile(path);
+  return () => unwatchFile(path, load);
 }

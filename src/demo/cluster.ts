@@ -9,6 +9,7 @@ import { FakeArvados } from './fake-arvados.ts';
 import { createLogger, type Logger } from '../log.ts';
 import { loadSettings, type Settings } from '../settings.ts';
 import { Sidecar } from '../sidecar.ts';
+import type { ResolveFn } from '../kube/peers.ts';
 
 /** ClusterConfigFields are the cluster config values a test may change. */
 export interface ClusterConfigFields {
@@ -63,7 +64,11 @@ export class LocalCluster {
   }
 
   /** startSidecar starts a sidecar on loopback with test-friendly settings. */
-  async startSidecar(overrides: Partial<Settings> = {}, log?: Logger): Promise<Sidecar> {
+  async startSidecar(
+    overrides: Partial<Settings> = {},
+    log?: Logger,
+    resolvePeers?: ResolveFn,
+  ): Promise<Sidecar> {
     const settings = loadSettings({}, {
       listen: '127.0.0.1:0',
       adminListen: '127.0.0.1:0',
@@ -83,6 +88,7 @@ export class LocalCluster {
     });
     const sidecar = new Sidecar({
       settings, log: log ?? createLogger(settings.logLevel, sink), processMetrics: false,
+      resolvePeers,
     });
     await sidecar.start();
     this.sidecars.push(sidecar);

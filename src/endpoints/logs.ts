@@ -9,7 +9,7 @@ import type { Container, ContainerRequest } from '../arvados/client.ts';
 import type { ClusterConfig } from '../arvados/cluster-config.ts';
 import { GatewayError, asGatewayError, sendError } from '../errors.ts';
 import { checkRespondAuth, dialGateway, type GatewayConnection } from '../gateway/dial.ts';
-import type { GatewayRoute } from '../gateway/locate.ts';
+import { TUNNEL_DOWN, type GatewayRoute } from '../gateway/locate.ts';
 import { bearerToken } from '../http/upgrade.ts';
 import type { Logger } from '../log.ts';
 import { HOP_BY_HOP } from './passthrough.ts';
@@ -216,7 +216,10 @@ async function proxyToPeer(lr: LogRequest, peer: URL, config: ClusterConfig, ctx
     ctx.metrics.peerForwards.labels('logs', 'ok').inc();
   } catch (err) {
     ctx.metrics.peerForwards.labels('logs', 'error').inc();
-    throw err;
+    if (lr.res.headersSent || !(err instanceof GatewayError) || err.status !== 503) throw err;
+    // As for SSH: a peer that cannot be reached means the tunnel is down for now.
+    lr.log.warn({ peer: peer.origin, err: err.message }, 'peer holding the tunnel is unreachable');
+    throw new GatewayError(503, TUNNEL_DOWN);
   }
 }
 

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import type { Container } from '../arvados/client.ts';
 import { GatewayError, asGatewayError } from '../errors.ts';
 import { checkRespondAuth, dialGateway } from '../gateway/dial.ts';
-import type { GatewayRoute } from '../gateway/locate.ts';
+import { TUNNEL_DOWN, type GatewayRoute } from '../gateway/locate.ts';
 import { splice } from '../gateway/splice.ts';
 import { readSomeBody, sendUpgrade, type UpgradeAnswer } from '../gateway/upgrade-client.ts';
 import { connectUrl } from '../http/connect.ts';
@@ -211,8 +211,11 @@ async function connectPeer(peer: URL, ctx: GatewayContext): Promise<Duplex> {
     return await connectUrl(peer, { rejectUnauthorized: !insecure,
       timeoutMs: ctx.settings.dialTimeoutMs });
   } catch (err) {
+    // The peer that held the tunnel is gone (restarted, scaled down): from the user's side the
+    // tunnel is down until crunch-run redials, which it does within seconds.
     ctx.metrics.peerForwards.labels('ssh', 'unreachable').inc();
-    const code = (err as { code?: string }).code ?? (err as Error).message;
-    throw new GatewayError(503, `proxy error: peer: ${code}`);
+    ctx.log.warn({ peer: peer.origin, err: (err as { code?: string }).code ?? String(err) },
+      'peer holding the tunnel is unreachable');
+    throw new GatewayError(503, TUNNEL_DOWN);
   }
 }

@@ -131,9 +131,18 @@ const API_RESOURCES = {
       shortNames: ['cm'],
       storageVersionHash: 'qFsyl6wFWjQ=',
     },
+    {
+      name: 'namespaces',
+      singularName: 'namespace',
+      namespaced: false,
+      kind: 'Namespace',
+      verbs: ['get'],
+      shortNames: ['ns'],
+    },
   ],
 };
 
+const NAMESPACE_PATH = /^\/api\/v1\/namespaces\/([^/]+)$/;
 const CONFIGMAP_PATH = /^\/api\/v1\/(?:namespaces\/([^/]+)\/)?configmaps(?:\/([^/]+))?$/;
 
 // Parses the only field selectors the fake understands: metadata.name and metadata.namespace
@@ -148,6 +157,11 @@ function parseFieldSelector(sel: string | null): { name?: string; namespace?: st
     else out.namespace = m[3];
   }
   return out;
+}
+
+// Kubernetes timestamps have whole seconds.
+function nowTimestamp(): string {
+  return new Date().toISOString().replace(/\.\d+Z$/, 'Z');
 }
 
 function wantsTable(accept: string): boolean {
@@ -168,6 +182,7 @@ export class FakeApiServer {
   #server: Server;
   #url = '';
   #tlsDir: string | undefined;
+  #tempDirs: string[] = [];
   #cert: string | undefined;
   #namespace: string;
   #historyLimit: number;
@@ -181,6 +196,7 @@ export class FakeApiServer {
   #sockets = new Set<Socket>();
   #stalled = false;
   #held: Array<() => void> = [];
+  #heldRequests = 0;
   #failStatus = 0;
   #failTimes = 0;
 
@@ -243,6 +259,11 @@ export class FakeApiServer {
     return this.#watchers.size;
   }
 
+  /** heldRequests is the number of requests stall() is holding unanswered. */
+  get heldRequests(): number {
+    return this.#heldRequests;
+  }
+
   /** get returns the stored ConfigMap, or undefined. */
   get(name: string, namespace = this.#namespace): FakeConfigMap | undefined {
     const obj = this.#objects.get(`${namespace}/${name}`);
@@ -262,7 +283,7 @@ export class FakeApiServer {
         namespace,
         uid: old?.metadata.uid ?? this.#newUid(),
         resourceVersion: String(rv),
-        creationTimestamp: old?.metadata.creationTimestamp ?? new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+        creationTimestamp: old?.metadata.creationTimestamp ?? nowTimestamp(),
       },
       data: { ...data },
     };
@@ -326,6 +347,7 @@ export class FakeApiServer {
     if (!on) {
       const held = this.#held;
       this.#held = [];
+      this.#heldRequests = 0;
       for (const resume of held) resume();
     }
   }
@@ -342,11 +364,15 @@ export class FakeApiServer {
     this.#failTimes = 0;
   }
 
-  /** writeKubeconfig writes a kubeconfig (JSON, which is valid YAML) and returns its path. */
+  /**
+   * writeKubeconfig writes a kubeconfig (JSON, which is valid YAML) and returns its path; a
+   * temporary one is removed by close().
+   */
   async writeKubeconfig(opts: KubeconfigOptions = {}): Promise<string> {
     let path = opts.path;
     if (!path) {
       const dir = await mkdtemp(join(tmpdir(), 'fake-kubeconfig-'));
+      this.#tempDirs.push(dir);
       path = join(dir, 'kubeconfig');
     }
     const cluster: Record<string, unknown> = { server: this.#url };
@@ -381,7 +407,9 @@ export class FakeApiServer {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const s of this.#sockets) s.destroy();
     await closed;
-    if (this.#tlsDir) await rm(this.#tlsDir, { recursive: true, force: true });
+    for (const dir of [this.#tlsDir, ...this.#tempDirs]) {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    }
   }
 
   #newUid(): string {
@@ -442,6 +470,7 @@ export class FakeApiServer {
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
     if (this.#stalled) {
+      this.#heldRequests++;
       this.#held.push(() => this.#onRequest(req, res));
       return;
     }
@@ -464,7 +493,8 @@ export class FakeApiServer {
       return;
     }
     if (req.method !== 'GET') {
-      this.#reply(res, 405, status(405, `the server does not allow this method on the requested resource`));
+      this.#reply(res, 405,
+        status(405, 'the server does not allow this method on the requested resource'));
       return;
     }
     switch (url.pathname) {
@@ -497,6 +527,18 @@ export class FakeApiServer {
         this.#reply(res, 200, API_RESOURCES);
         return;
     }
+    const nsMatch = NAMESPACE_PATH.exec(url.pathname);
+    if (nsMatch) {
+      // Every namespace exists; kubectl reads one to explain a NotFound.
+      this.#reply(res, 200, {
+        kind: 'Namespace',
+        apiVersion: 'v1',
+        metadata: { name: decodeURIComponent(nsMatch[1]), resourceVersion: '1' },
+        spec: { finalizers: ['kubernetes'] },
+        status: { phase: 'Active' },
+      });
+      return;
+    }
     const m = CONFIGMAP_PATH.exec(url.pathname);
     if (!m) {
       this.#reply(res, 404, status(404, 'the server could not find the requested resource'));
@@ -521,7 +563,8 @@ export class FakeApiServer {
       }
       const obj = this.#objects.get(`${namespace}/${name}`);
       if (!obj) {
-        this.#reply(res, 404, status(404, `configmaps "${name}" not found`, { name, kind: 'configmaps' }));
+        this.#reply(res, 404,
+          status(404, `configmaps "${name}" not found`, { name, kind: 'configmaps' }));
         return;
       }
       this.#reply(res, 200, table ? this.#table([obj], true) : obj);
@@ -544,7 +587,8 @@ export class FakeApiServer {
     const items = [...this.#objects.values()]
       .filter((o) => (ns === undefined || o.metadata.namespace === ns))
       .filter((o) => (sel.name === undefined || o.metadata.name === sel.name))
-      .sort((a, b) => (a.metadata.namespace + a.metadata.name).localeCompare(b.metadata.namespace + b.metadata.name));
+      .sort((a, b) => `${a.metadata.namespace}/${a.metadata.name}`
+        .localeCompare(`${b.metadata.namespace}/${b.metadata.name}`));
     this.#reply(res, 200, this.#list(items, table));
   }
 
@@ -620,7 +664,10 @@ export class FakeApiServer {
           this.#reply(res, 410, s);
           return;
         }
-        res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
+        res.writeHead(200, {
+          'Content-Type': 'application/json',
+          'Cache-Control': 'no-cache, private',
+        });
         res.end(`${JSON.stringify({ type: 'ERROR', object: s })}\n`);
         return;
       }
