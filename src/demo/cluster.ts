@@ -42,9 +42,14 @@ export class LocalCluster {
   /** writeConfig rewrites the cluster config file; sidecars pick it up within a second. */
   writeConfig(fields: ClusterConfigFields = this.#fields): void {
     this.#fields = fields;
+    writeFileSync(this.configPath, this.configText(fields));
+  }
+
+  /** configText renders the cluster config as Arvados' config.yml. */
+  configText(fields: ClusterConfigFields = {}): string {
     const urls = (list: string[] = []) =>
       list.length === 0 ? '{}' : '\n' + list.map((u) => `          "${u}": {}`).join('\n');
-    writeFileSync(this.configPath, [
+    return [
       'Clusters:',
       `  ${this.clusterId}:`,
       `    SystemRootToken: ${this.rootToken}`,
@@ -60,7 +65,7 @@ export class LocalCluster {
       '    TLS:',
       `      Insecure: ${fields.tlsInsecure ?? true}`,
       '',
-    ].join('\n'));
+    ].join('\n');
   }
 
   /** startSidecar starts a sidecar on loopback with test-friendly settings. */
