@@ -71,7 +71,9 @@ export async function buildGo(names: string[] = []): Promise<BuildResult[]> {
   const wanted = names.length === 0 ? all : all.filter((p) => names.includes(p.name));
   const missing = names.filter((n) => !all.some((p) => p.name === n));
   if (missing.length > 0) {
-    throw new GoBuildError(`no Go main package named ${missing.join(', ')} under interop/go or bench/go`);
+    throw new GoBuildError(
+      `no Go main package named ${missing.join(', ')} under interop/go or bench/go`,
+    );
   }
   const results: BuildResult[] = [];
   let checkedGo = false;

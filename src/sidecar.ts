@@ -145,8 +145,9 @@ export class Sidecar {
     this.#admin = await startAdmin(admin.host, admin.port, {
       ready: () => this.ready(),
       metrics: async () => {
-        this.metrics.streamsOpen.set(this.registry.all()
-          .reduce((n, t) => n + t.session.numStreams, 0));
+        const sessions = this.registry.all().map((t) => t.session);
+        this.metrics.streamsOpen.set(sessions.reduce((n, s) => n + s.numStreams, 0));
+        this.metrics.updateTunnelBytes(sessions);
         this.metrics.ready.set(this.ready().ready ? 1 : 0);
         return { contentType: this.metrics.registry.contentType,
           body: await this.metrics.registry.metrics() };

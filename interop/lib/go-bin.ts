@@ -25,7 +25,7 @@ export type GoEvent = { event: string } & Record<string, unknown>;
 /** GoPeer is a running Go program whose stdout is a sequence of JSON lines. */
 export interface GoPeer {
   child: ChildProcessWithoutNullStreams;
-  /** next resolves with the next event of the given kind (earlier other kinds are skipped). */
+  /** next resolves with the first not yet taken event of the given kind. */
   next(event: string, timeoutMs?: number): Promise<GoEvent>;
   /** exited resolves with the exit code once the process ends. */
   exited: Promise<number | null>;
@@ -73,7 +73,9 @@ export function spawnGoPeer(name: string, args: string[]): GoPeer {
     next(event: string, timeoutMs = 60_000): Promise<GoEvent> {
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
-          reject(new Error(`no '${event}' event from ${name} in ${timeoutMs} ms; stderr:\n${errText}`));
+          reject(new Error(
+            `no '${event}' event from ${name} in ${timeoutMs} ms; stderr:\n${errText}`,
+          ));
         }, timeoutMs);
         const look = (): void => {
           const fatal = events.find((e) => e.event === 'fatal');
@@ -84,7 +86,8 @@ export function spawnGoPeer(name: string, args: string[]): GoPeer {
           } else if (fatal !== undefined || ended) {
             clearTimeout(timer);
             reject(new Error(
-              `${name} ended before '${event}': ${JSON.stringify(fatal ?? null)}; stderr:\n${errText}`,
+              `${name} ended before '${event}': ${JSON.stringify(fatal ?? null)}; ` +
+              `stderr:\n${errText}`,
             ));
           } else {
             waiters.push(look);

@@ -72,6 +72,8 @@ export async function handleTunnel(
   session.once('close', (err?: Error) => {
     ctx.registry.unregister(tunnel);
     ctx.metrics.tunnelsHeld.set(ctx.registry.size);
+    ctx.metrics.closedTunnelBytes.toGateway += session.bytesOut;
+    ctx.metrics.closedTunnelBytes.fromGateway += session.bytesIn;
     const reason = closeReason(err);
     ctx.metrics.tunnelDisconnects.labels(reason).inc();
     log.info({

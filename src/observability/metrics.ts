@@ -89,8 +89,27 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** closedTunnelBytes is the payload of tunnels that have closed, for tunnelBytes. */
+  readonly closedTunnelBytes = { toGateway: 0, fromGateway: 0 };
+
   constructor(processMetrics = true) {
     if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * updateTunnelBytes sets the tunnel byte counters from closed tunnels plus the live ones.
+   * The yamux sessions count their own payload, so the data path carries no metric calls.
+   */
+  updateTunnelBytes(live: { bytesIn: number; bytesOut: number }[]): void {
+    let to = this.closedTunnelBytes.toGateway;
+    let from = this.closedTunnelBytes.fromGateway;
+    for (const s of live) {
+      to += s.bytesOut;
+      from += s.bytesIn;
+    }
+    this.tunnelBytes.reset();
+    this.tunnelBytes.labels('to_gateway').inc(to);
+    this.tunnelBytes.labels('from_gateway').inc(from);
   }
 
   /** observeApiCall records one Arvados API call. */

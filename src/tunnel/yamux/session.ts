@@ -28,9 +28,14 @@ interface PendingPing {
 }
 
 /**
- * Session multiplexes streams over one socket. Events: 'close' (err?: Error) once when the
- * session ends, 'goaway' (reason: number) when the peer sends GoAway, and 'protocol-error'
- * (err: YamuxError) when malformed input makes this side send GoAway(1) and close.
+ * Session multiplexes streams over one socket, which it owns and closes. Events: 'close'
+ * (err?: Error) once when the session ends, 'goaway' (reason: number) the first time the peer
+ * sends GoAway, and 'protocol-error' (err: YamuxError) when malformed input makes this side
+ * send GoAway(1) and close. It never emits 'error'. When the session ends, open streams are
+ * destroyed: with an error when the peer or the socket went away or close(err) was called,
+ * without one after a plain close() or once their reading side had ended. A stream listener
+ * that throws while data is delivered ends the session with ERR_YAMUX_INTERNAL (the thrown
+ * value is its cause) instead of escaping the socket handler.
  */
 export class Session extends EventEmitter {
   readonly #socket: Duplex;
@@ -126,6 +131,8 @@ export class Session extends EventEmitter {
     return this.#bytesOut;
   }
 
+  // Limitation: open() does not wait while acceptBacklog SYNs are un-ACKed, as hashicorp's
+  // OpenStream does — that needs an async open(); the peer's backlog RST covers the overload.
   /** open starts a new outbound stream; it throws a YamuxError when that is not allowed. */
   open(): Stream {
     if (this.#closed) throw new YamuxError('ERR_YAMUX_SESSION_SHUTDOWN');
@@ -179,8 +186,17 @@ export class Session extends EventEmitter {
     });
   }
 
-  /** close ends the session and its socket; open streams are destroyed with err or shutdown. */
+  /**
+   * close ends the session and its socket. Open streams are destroyed with err when one is
+   * given (unless they were read to the end), and without an error otherwise.
+   */
   close(err?: Error): void {
+    this.#shutdown(err, err ?? null);
+  }
+
+  // streamErr is what open streams are destroyed with: a peer that goes away mid-transfer is an
+  // error for them even when the session itself ended cleanly.
+  #shutdown(err: Error | undefined, streamErr: Error | null): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#closeError = err;
@@ -188,13 +204,15 @@ export class Session extends EventEmitter {
     this.#rx = null;
     if (this.#keepAliveTimer !== null) clearInterval(this.#keepAliveTimer);
     if (this.#drainTimer !== null) clearTimeout(this.#drainTimer);
-    const reason = this.#shutdownError();
     // Nobody holds un-accepted streams, so they end quietly rather than with an error that no
     // listener would catch.
     for (const stream of this.#backlog.splice(0)) stream[kTerminate](null);
     const streams = [...this.#streams.values()];
     this.#streams.clear();
-    for (const stream of streams) stream[kTerminate](reason);
+    // A stream whose consumer already read to the end lost nothing it could still receive, so
+    // it closes quietly; pending writes still fail through their callbacks.
+    for (const stream of streams) stream[kTerminate](stream.readableEnded ? null : streamErr);
+    const reason = this.#shutdownError();
     for (const waiter of this.#acceptWaiters.splice(0)) waiter.reject(reason);
     for (const ping of this.#pings.values()) {
       clearTimeout(ping.timer);
@@ -308,10 +326,14 @@ export class Session extends EventEmitter {
 
   #onSocketEnd = (): void => {
     if (this.#closed) {
-      this.#socket.destroy();
+      // Both sides are done; let our last frames (a GoAway, say) flush before letting go.
+      const socket = this.#socket;
+      if (socket.writableFinished) socket.destroy();
+      else socket.once('finish', () => socket.destroy());
       return;
     }
-    this.close(this.#decoder.idle ? undefined : new YamuxError('ERR_YAMUX_TRUNCATED'));
+    const err = this.#decoder.idle ? undefined : new YamuxError('ERR_YAMUX_TRUNCATED');
+    this.#shutdown(err, err ?? new YamuxError('ERR_YAMUX_SESSION_SHUTDOWN'));
   };
 
   #onSocketError = (err: Error): void => {
@@ -319,7 +341,7 @@ export class Session extends EventEmitter {
   };
 
   #onSocketClose = (): void => {
-    this.close();
+    this.#shutdown(undefined, new YamuxError('ERR_YAMUX_SESSION_SHUTDOWN'));
   };
 
   #internalError(cause: unknown): void {
@@ -450,6 +472,8 @@ export class Session extends EventEmitter {
   }
 
   #onPing(flags: number, value: number): void {
+    // Limitation: replies to a ping flood from a peer that does not read queue up until the
+    // write timeout closes the session — a cap on unflushed control frames would bound them.
     if ((flags & FLAG_SYN) !== 0) {
       this.#writeFrame(TYPE_PING, FLAG_ACK, 0, value, null);
       return;

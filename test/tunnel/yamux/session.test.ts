@@ -15,6 +15,7 @@ import {
 } from '../../../src/tunnel/yamux/index.ts';
 
 const WAIT_MS = 10_000;
+const T = { timeout: 30_000 };
 const cleanups: Array<() => void> = [];
 
 afterEach(() => {
@@ -51,8 +52,9 @@ async function sessionPair(
   clientOpts: Partial<SessionOptions> = {}, serverOpts: Partial<SessionOptions> = {},
 ): Promise<Pair> {
   const [clientSocket, serverSocket] = await socketPair();
-  const client = new Session(clientSocket, { keepAliveIntervalMs: 0, ...clientOpts, role: 'client' });
-  const server = new Session(serverSocket, { keepAliveIntervalMs: 0, ...serverOpts, role: 'server' });
+  const base = { keepAliveIntervalMs: 0 };
+  const client = new Session(clientSocket, { ...base, ...clientOpts, role: 'client' });
+  const server = new Session(serverSocket, { ...base, ...serverOpts, role: 'server' });
   cleanups.push(() => {
     client.close();
     server.close();
@@ -153,23 +155,36 @@ function sha(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
 }
 
+// Reads to the end through events: for-await would destroy the Duplex when reading ends, which
+// resets a stream whose writable side is still in use.
+function collect(stream: Stream, onChunk: (chunk: Buffer) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('stream did not end')), WAIT_MS);
+    stream.on('data', onChunk);
+    stream.once('end', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    stream.once('error', (err) => {
+      clearTimeout(t);
+      reject(err);
+    });
+  });
+}
+
 async function shaOf(stream: Stream): Promise<{ sha: string; bytes: number }> {
   const h = createHash('sha256');
   let bytes = 0;
-  for await (const chunk of stream) {
-    h.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
-  }
+  await collect(stream, (chunk) => {
+    h.update(chunk);
+    bytes += chunk.length;
+  });
   return { sha: h.digest('hex'), bytes };
 }
 
-function readText(stream: Stream): Promise<string> {
-  return shaOfText(stream);
-}
-
-async function shaOfText(stream: Stream): Promise<string> {
+async function readText(stream: Stream): Promise<string> {
   const parts: Buffer[] = [];
-  for await (const chunk of stream) parts.push(chunk as Buffer);
+  await collect(stream, (chunk) => parts.push(chunk));
   return Buffer.concat(parts).toString();
 }
 
@@ -212,7 +227,7 @@ function closeEvent(session: Session): Promise<Error | undefined> {
 }
 
 describe('yamux session: streams', () => {
-  it('opens and accepts streams in both directions with the right id parity', async () => {
+  it('opens and accepts streams in both directions with the right id parity', T, async () => {
     const { client, server } = await sessionPair();
     const c1 = client.open();
     const c2 = client.open();
@@ -231,7 +246,7 @@ describe('yamux session: streams', () => {
   });
 
   for (const opener of ['client', 'server'] as const) {
-    it(`carries 1 B to 8 MiB intact both ways on streams opened by the ${opener}`, async () => {
+    it(`carries 1 B to 8 MiB intact both ways on streams opened by the ${opener}`, T, async () => {
       const pair = await sessionPair();
       const [openSide, echoSide] = opener === 'client'
         ? [pair.client, pair.server] : [pair.server, pair.client];
@@ -261,29 +276,30 @@ describe('yamux session: streams', () => {
     });
   }
 
-  it('half-closes: after end() on one side the other side still writes', async () => {
+  it('half-closes: after end() on one side the other side still writes', T, async () => {
     const { client, server } = await sessionPair();
     for (const first of ['client', 'server'] as const) {
       const opened = client.open();
       opened.write('syn');
       const accepted = await server.accept();
       const [closer, other] = first === 'client' ? [opened, accepted] : [accepted, opened];
-      closer.end('last words');
+      const bothClosed = Promise.all([once(closer, 'close'), once(other, 'close')]);
+      const otherEnded = once(other, 'end');
       const otherText = readText(other);
       const closerText = readText(closer);
-      await once(other, 'end', { signal: AbortSignal.timeout(WAIT_MS) }).catch(() => {});
+      closer.end('last words');
+      await otherEnded;
       assert.equal(other.writable, true, 'the other side can still write after the FIN');
       other.write('still ');
       other.end('talking');
       assert.equal(await closerText, first === 'client' ? 'still talking' : 'synstill talking');
-      assert.match(await otherText, /last words$/);
-      await once(closer, 'close');
-      await once(other, 'close');
+      assert.equal(await otherText, first === 'client' ? 'synlast words' : 'last words');
+      await bothClosed;
     }
     await until('streams are released', () => client.numStreams === 0 && server.numStreams === 0);
   });
 
-  it('destroy() sends RST and the peer stream fails with a reset error', async () => {
+  it('destroy() sends RST and the peer stream fails with a reset error', T, async () => {
     const { client, server } = await sessionPair();
     const opened = client.open();
     opened.write('x');
@@ -302,7 +318,7 @@ describe('yamux session: streams', () => {
     assert.equal(await readText(again), 'ok');
   });
 
-  it('pings and reports a round-trip time', async () => {
+  it('pings and reports a round-trip time', T, async () => {
     const { client, server } = await sessionPair();
     const rtt = await client.ping();
     assert.equal(typeof rtt, 'number');
@@ -313,7 +329,7 @@ describe('yamux session: streams', () => {
 
 describe('yamux session: GoAway', () => {
   for (const sender of ['server', 'client'] as const) {
-    it(`after the ${sender} sends GoAway, its peer cannot open but streams go on`, async () => {
+    it(`after the ${sender} sends GoAway, its peer cannot open but streams go on`, T, async () => {
       const pair = await sessionPair();
       const [goer, peer] = sender === 'server'
         ? [pair.server, pair.client] : [pair.client, pair.server];
@@ -321,6 +337,8 @@ describe('yamux session: GoAway', () => {
       serveEcho(peer);
       const existing = peer.open();
       existing.write('before ');
+      // GoAway must not overtake the SYN, or the stream would be refused.
+      await until('the stream reached the other side', () => goer.numStreams === 1);
       const gotGoAway = once(peer, 'goaway', { signal: AbortSignal.timeout(WAIT_MS) });
       goer.goAway();
       assert.equal(goer.localGoAway, true);
@@ -341,7 +359,7 @@ describe('yamux session: GoAway', () => {
     });
   }
 
-  it('refuses SYNs that arrive after goAway() with RST', async () => {
+  it('refuses SYNs that arrive after goAway() with RST', T, async () => {
     const { client, server } = await sessionPair();
     serveEcho(server);
     const before = client.open();
@@ -358,26 +376,29 @@ describe('yamux session: GoAway', () => {
 });
 
 describe('yamux session: limits', () => {
-  it('resets inbound streams beyond the accept backlog', async () => {
+  it('resets inbound streams beyond the accept backlog', T, async () => {
     const { client, server } = await sessionPair({}, { acceptBacklog: 2 });
     const streams = [client.open(), client.open(), client.open()];
-    const errors = streams.map((s) => {
-      s.write('hi');
-      return new Promise<Error | null>((resolve) => {
-        s.once('error', resolve);
-        setTimeout(() => resolve(null), 1000).unref();
+    const failures: Array<Error | null> = [null, null, null];
+    streams.forEach((stream, i) => {
+      stream.on('error', (err) => {
+        failures[i] = err;
       });
+      stream.write('hi');
     });
-    const third = await errors[2];
-    assert.equal((third as YamuxError | null)?.code, 'ERR_YAMUX_STREAM_RESET');
+    await until('the third stream is reset', () => failures[2] !== null);
+    assert.equal((failures[2] as YamuxError).code, 'ERR_YAMUX_STREAM_RESET');
+    // Frames arrive in order, so a reset of the first two would have come before this one.
+    assert.deepEqual(failures.slice(0, 2), [null, null]);
     const a = await server.accept();
     const b = await server.accept();
     assert.deepEqual([a.id, b.id], [1, 3]);
-    assert.equal(await errors[0], null);
     assert.equal(server.numStreams, 2);
+    streams[0].end();
+    assert.equal(await readText(a), 'hi');
   });
 
-  it('caps open streams with maxStreams on both ends', async () => {
+  it('caps open streams with maxStreams on both ends', T, async () => {
     const { client, server } = await sessionPair({ maxStreams: 2 }, { maxStreams: 1 });
     const first = client.open();
     const second = client.open();
@@ -389,7 +410,7 @@ describe('yamux session: limits', () => {
     assert.equal(accepted.id, first.id);
   });
 
-  it('stops the sender at the window while the reader does not read', async () => {
+  it('stops the sender at the window while the reader does not read', T, async () => {
     const { client, server, serverSocket } = await sessionPair();
     // Count Data payload as it comes off the wire, independent of the session's bookkeeping.
     let wireData = 0;
@@ -410,25 +431,40 @@ describe('yamux session: limits', () => {
     sender.end();
     const reader = await server.accept();
     await until('the sender used the whole window', () => sender.sendWindow === 0);
-    await until('the window reached the reader', () => reader.bufferedInbound === INITIAL_STREAM_WINDOW);
+    await until('the window reached the reader',
+      () => reader.bufferedInbound === INITIAL_STREAM_WINDOW);
     // Give a misbehaving sender the chance to overrun before checking that it did not.
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.equal(wireData, INITIAL_STREAM_WINDOW);
     assert.equal(reader.bufferedInbound, INITIAL_STREAM_WINDOW);
     assert.equal(server.bytesIn, INITIAL_STREAM_WINDOW);
-    assert.equal(sender.writableLength, data.length - INITIAL_STREAM_WINDOW);
     const { sha: got, bytes } = await shaOf(reader);
     assert.equal(bytes, data.length);
     assert.equal(got, sha(data));
     assert.equal(wireData, data.length);
   });
 
-  it('closes with a write timeout when the socket never drains', async () => {
+  it('grants a larger maxStreamWindow to the peer and holds it to that', T, async () => {
+    const window = 1 << 20;
+    const { client, server } = await sessionPair({}, { maxStreamWindow: window });
+    const data = randomBytes(4 << 20);
+    const sender = client.open();
+    sender.end(data);
+    const reader = await server.accept();
+    await until('the sender used the larger window', () => sender.sendWindow === 0);
+    await until('the window reached the reader', () => reader.bufferedInbound === window);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(server.bytesIn, window);
+    const { sha: got } = await shaOf(reader);
+    assert.equal(got, sha(data));
+  });
+
+  it('closes with a write timeout when the socket never drains', T, async () => {
     const { session, raw } = await rawPair({ role: 'client', connectionWriteTimeoutMs: 200 });
     raw.socket.pause();
     const stream = session.open();
     stream.on('error', () => {});
-    raw.send(TYPE_WINDOW_UPDATE, FLAG_ACK, stream.id, 0xffff_0000);
+    raw.send(TYPE_WINDOW_UPDATE, FLAG_ACK, stream.id, 0x7000_0000);
     await until('the window update arrived', () => stream.sendWindow > INITIAL_STREAM_WINDOW);
     const closed = closeEvent(session);
     const chunk = Buffer.alloc(1 << 20);
@@ -440,7 +476,7 @@ describe('yamux session: limits', () => {
 });
 
 describe('yamux session: keepalive', () => {
-  it('closes with keepalive timeout when the peer stops answering pings', async () => {
+  it('closes with keepalive timeout when the peer stops answering pings', T, async () => {
     const { session, raw } = await rawPair({
       role: 'client', keepAliveIntervalMs: 20, connectionWriteTimeoutMs: 150,
     });
@@ -454,8 +490,9 @@ describe('yamux session: keepalive', () => {
     assert.equal(session.closed, true);
   });
 
-  it('stays up while the peer answers keepalive pings', async () => {
-    const opts = { keepAliveIntervalMs: 20, connectionWriteTimeoutMs: 150 };
+  it('stays up while the peer answers keepalive pings', T, async () => {
+    // A generous reply limit: this test is about answering, not about a loaded machine's speed.
+    const opts = { keepAliveIntervalMs: 20, connectionWriteTimeoutMs: 5000 };
     const { client, server, serverSocket } = await sessionPair(opts, opts);
     let pings = 0;
     const tap = new FrameDecoder({
@@ -476,7 +513,7 @@ describe('yamux session: keepalive', () => {
 });
 
 describe('yamux session: raw peers', () => {
-  it('sends SYN as a window update when opening, and answers pings', async () => {
+  it('sends SYN as a window update when opening, and answers pings', T, async () => {
     const { session, raw } = await rawPair({ role: 'client' });
     const stream = session.open();
     const syn = await raw.waitFor('the SYN', (f) => f.streamId === stream.id);
@@ -488,7 +525,7 @@ describe('yamux session: raw peers', () => {
     assert.deepEqual([pong.flags, pong.length], [FLAG_ACK, 0x1234_5678]);
   });
 
-  it('delivers a Data frame that carries SYN, payload and FIN, then ACKs on accept', async () => {
+  it('delivers a Data frame carrying SYN, payload and FIN, then ACKs on accept', T, async () => {
     const { session, raw } = await rawPair({ role: 'server' });
     raw.send(TYPE_DATA, FLAG_SYN | FLAG_FIN, 1, 5, Buffer.from('hello'));
     const stream = await session.accept();
@@ -503,7 +540,7 @@ describe('yamux session: raw peers', () => {
     await until('the stream is released', () => session.numStreams === 0);
   });
 
-  it('ignores frames for a stream it reset', async () => {
+  it('ignores frames for a stream it reset', T, async () => {
     const { session, raw } = await rawPair({ role: 'server' });
     let protocolErrors = 0;
     session.on('protocol-error', () => protocolErrors++);
@@ -596,7 +633,7 @@ describe('yamux session: raw peers', () => {
     },
   ];
   for (const c of malformed) {
-    it(`answers ${c.name} with GoAway(protocol error) and closes`, async () => {
+    it(`answers ${c.name} with GoAway(protocol error) and closes`, T, async () => {
       const { session, raw } = await rawPair({ role: 'server' });
       const reported: Error[] = [];
       session.on('protocol-error', (err: Error) => reported.push(err));
@@ -613,7 +650,26 @@ describe('yamux session: raw peers', () => {
     });
   }
 
-  it('closes the session when the peer sends GoAway with an error reason', async () => {
+  it('contains a stream listener that throws: GoAway(internal error), no escape', T, async () => {
+    const { session, raw } = await rawPair({ role: 'server' });
+    raw.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0);
+    const stream = await session.accept();
+    stream.on('error', () => {});
+    const boom = new Error('listener bug');
+    stream.on('data', () => {
+      throw boom;
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    const closed = closeEvent(session);
+    raw.send(TYPE_DATA, 0, 1, 3, Buffer.from('abc'));
+    const err = await closed;
+    assert.equal((err as YamuxError).code, 'ERR_YAMUX_INTERNAL');
+    assert.equal(err?.cause, boom);
+    const goAway = await raw.waitFor('GoAway', (f) => f.type === TYPE_GO_AWAY);
+    assert.equal(goAway.length, 2);
+  });
+
+  it('closes the session when the peer sends GoAway with an error reason', T, async () => {
     const { session, raw } = await rawPair({ role: 'client' });
     const closed = closeEvent(session);
     raw.send(TYPE_GO_AWAY, 0, 0, 2);
@@ -622,12 +678,16 @@ describe('yamux session: raw peers', () => {
 });
 
 describe('yamux session: shutdown', () => {
-  it('close() fails streams, accept() and ping(), and closes the peer too', async () => {
+  it('close() ends streams, accept() and ping(), and the peer fails its streams', T, async () => {
     const { client, server } = await sessionPair();
     const opened = client.open();
     opened.write('x');
     const accepted = await server.accept();
-    const openedErr = streamError(opened);
+    let openedError: Error | null = null;
+    opened.on('error', (err) => {
+      openedError = err;
+    });
+    const openedClosed = once(opened, 'close');
     const acceptedErr = streamError(accepted);
     const pendingAccept = client.accept();
     const serverClosed = closeEvent(server);
@@ -637,18 +697,48 @@ describe('yamux session: shutdown', () => {
     client.close();
     assert.equal(clientCloses, 1);
     assert.equal(client.closed, true);
-    assert.equal(((await openedErr) as YamuxError).code, 'ERR_YAMUX_SESSION_SHUTDOWN');
+    await openedClosed;
+    assert.equal(opened.destroyed, true);
+    assert.equal(openedError, null, 'a local close() destroys streams without an error');
     await assert.rejects(pendingAccept, { code: 'ERR_YAMUX_SESSION_SHUTDOWN' });
     await assert.rejects(client.accept(), { message: 'session shutdown' });
     await assert.rejects(client.ping(), { code: 'ERR_YAMUX_SESSION_SHUTDOWN' });
     assert.throws(() => client.open(), { code: 'ERR_YAMUX_SESSION_SHUTDOWN' });
+    // The peer lost the connection mid-stream, which its streams must see as an error.
     assert.equal(await serverClosed, undefined);
     assert.equal(((await acceptedErr) as YamuxError).code, 'ERR_YAMUX_SESSION_SHUTDOWN');
     assert.equal(client.numStreams, 0);
     assert.equal(server.numStreams, 0);
   });
 
-  it('closes when its socket is destroyed, passing the socket error on', async () => {
+  it('a stream read to the end closes quietly when the peer goes away', T, async () => {
+    const { client, server } = await sessionPair();
+    const opened = client.open();
+    opened.end('request');
+    const accepted = await server.accept();
+    // The server reads the whole request but never ends its own side.
+    assert.equal(await readText(accepted), 'request');
+    let failed: Error | null = null;
+    accepted.on('error', (err) => {
+      failed = err;
+    });
+    const closed = once(accepted, 'close');
+    client.close();
+    await closed;
+    assert.equal(failed, null);
+    assert.equal(server.closed, true);
+  });
+
+  it('close(err) destroys open streams with err', T, async () => {
+    const { client } = await sessionPair();
+    const opened = client.open();
+    const failed = streamError(opened);
+    const why = new Error('going down');
+    client.close(why);
+    assert.equal(await failed, why);
+  });
+
+  it('closes when its socket is destroyed, passing the socket error on', T, async () => {
     const { client, server, clientSocket } = await sessionPair();
     const opened = client.open();
     const failed = streamError(opened);
@@ -661,7 +751,7 @@ describe('yamux session: shutdown', () => {
     assert.equal(server.closed, true);
   });
 
-  it('does not hand out streams the peer reset while they waited for accept()', async () => {
+  it('does not hand out streams the peer reset while they waited for accept()', T, async () => {
     const { session, raw } = await rawPair({ role: 'server' });
     raw.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0);
     raw.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0);
