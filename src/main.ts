@@ -25,7 +25,7 @@ async function serve(): Promise<void> {
       process.exit(1);
     }
     sidecar.drain();
-    const clean = await sidecar.waitForSessions(settings.drainGraceSeconds * 1000);
+    const clean = await sidecar.waitForRequests(settings.drainGraceSeconds * 1000);
     log.info({ signal, clean }, 'stopping');
     await sidecar.stop();
     process.exit(0);

@@ -139,6 +139,18 @@ const schema = {
     doc: 'Most spliced SSH sessions and log transfers at once; more are refused with 503.',
     format: 'nat', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
   },
+  maxSshSessions: {
+    doc: 'Most SSH sessions at once.',
+    format: 'nat', default: 2048, env: 'GATEWAY_MAX_SSH_SESSIONS',
+  },
+  maxLogRequests: {
+    doc: 'Most log requests at once.',
+    format: 'nat', default: 2048, env: 'GATEWAY_MAX_LOG_REQUESTS',
+  },
+  maxPassthrough: {
+    doc: 'Most requests to the controller at once.',
+    format: 'nat', default: 4096, env: 'GATEWAY_MAX_PASSTHROUGH',
+  },
   logLevel: {
     doc: 'Log level: trace, debug, info, warn, error, fatal.',
     format: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
@@ -173,6 +185,9 @@ export interface Settings {
   maxTunnels: number;
   maxStreamsPerTunnel: number;
   maxSessions: number;
+  maxSshSessions: number;
+  maxLogRequests: number;
+  maxPassthrough: number;
   logLevel: string;
 }
 

@@ -6,7 +6,7 @@ import { ArvadosClient } from './arvados/client.ts';
 import { ClusterConfigStore, redactedClusterConfig, type ClusterConfig } from
   './arvados/cluster-config.ts';
 import { watchConfigFile, watchTokenFile } from './arvados/config-file.ts';
-import { SessionLimiter, type GatewayContext } from './endpoints/context.ts';
+import { Limits, type GatewayContext } from './endpoints/context.ts';
 import { Passthrough } from './endpoints/passthrough.ts';
 import { handleLogs } from './endpoints/logs.ts';
 import { handleSsh } from './endpoints/ssh.ts';
@@ -81,7 +81,11 @@ export class Sidecar {
     this.ctx = {
       settings, log, metrics: this.metrics, api: this.#api, config: this.config,
       registry: this.registry, locator, ownUrl: () => this.#ownUrl,
-      sessions: new SessionLimiter(settings.maxSessions, (n) => this.metrics.sessionsActive.set(n)),
+      limits: new Limits({
+        sessions: settings.maxSessions, ssh: settings.maxSshSessions,
+        logs: settings.maxLogRequests, passthrough: settings.maxPassthrough,
+      }, (n) => this.metrics.sessionsActive.set(n),
+      (limit) => this.metrics.refusedFull.labels(limit).inc()),
       draining: () => this.#draining,
     };
     this.#front = new FrontDoor({
@@ -95,7 +99,7 @@ export class Sidecar {
           : handleSsh(up, route.uuid, this.ctx),
         request: (req, res, secure) => LOG_ROUTE.test(req.url ?? '')
           ? handleLogs(req, res, this.ctx)
-          : this.#passthrough.handle(req, res, secure),
+          : this.#passthrough.handle(req, res, secure, this.ctx.limits),
         otherUpgrade: (req, socket, head) => this.#passthrough.handleUpgrade(req, socket, head),
       },
     });
@@ -179,17 +183,16 @@ export class Sidecar {
     if (this.#draining) return;
     this.#draining = true;
     for (const tunnel of this.registry.all()) tunnel.session.goAway();
-    this.log.info({ tunnels: this.registry.size, sessions: this.ctx.sessions.active },
-      'draining');
+    this.log.info({ tunnels: this.registry.size, requests: this.ctx.limits.busy }, 'draining');
   }
 
-  /** waitForSessions resolves when no spliced session is left, or after graceMs. */
-  async waitForSessions(graceMs: number): Promise<boolean> {
+  /** waitForRequests resolves when no request or session is in progress, or after graceMs. */
+  async waitForRequests(graceMs: number): Promise<boolean> {
     const deadline = Date.now() + graceMs;
-    while (this.ctx.sessions.active > 0 && Date.now() < deadline) {
+    while (this.ctx.limits.busy > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
     }
-    return this.ctx.sessions.active === 0;
+    return this.ctx.limits.busy === 0;
   }
 
   /** stop closes everything now. */

@@ -19,7 +19,7 @@ export interface GatewayContext {
   registry: TunnelRegistry;
   locator: GatewayLocator;
   ownUrl: () => string;
-  sessions: SessionLimiter;
+  limits: Limits;
   draining: () => boolean;
 }
 
@@ -45,18 +45,23 @@ export function requestId(header: string | undefined): string {
     .slice(0, 20);
 }
 
-/** SessionLimiter bounds how many spliced sessions and transfers run at once. */
-export class SessionLimiter {
+/** Route names a kind of request with its own concurrency limit. */
+export type LimitedRoute = 'ssh' | 'logs' | 'passthrough';
+
+/** Limiter bounds how many of one kind of request run at once. */
+export class Limiter {
   #active = 0;
   #max: number;
+  #what: string;
   #onChange: (active: number) => void;
 
-  constructor(max: number, onChange: (active: number) => void = () => {}) {
+  constructor(what: string, max: number, onChange: (active: number) => void = () => {}) {
+    this.#what = what;
     this.#max = max;
     this.#onChange = onChange;
   }
 
-  /** active is the number of sessions running now. */
+  /** active is the number running now. */
   get active(): number {
     return this.#active;
   }
@@ -64,7 +69,7 @@ export class SessionLimiter {
   /** acquire takes a place or throws a 503 with Retry-After; call the result to give it back. */
   acquire(): () => void {
     if (this.#active >= this.#max) {
-      throw new GatewayError(503, 'too many sessions in progress, try again later',
+      throw new GatewayError(503, `too many ${this.#what} in progress, try again later`,
         { 'Retry-After': '5' });
     }
     this.#active++;
@@ -76,5 +81,57 @@ export class SessionLimiter {
       this.#active--;
       this.#onChange(this.#active);
     };
+  }
+}
+
+/**
+ * Limits holds the concurrency limits: one per route, and one over all spliced sessions and
+ * log transfers, so that no single route can take every place.
+ */
+export class Limits {
+  readonly sessions: Limiter;
+  readonly routes: Record<LimitedRoute, Limiter>;
+  #refused: (limit: string) => void;
+
+  constructor(
+    max: { sessions: number; ssh: number; logs: number; passthrough: number },
+    onSessions: (active: number) => void,
+    refused: (limit: string) => void,
+  ) {
+    this.sessions = new Limiter('sessions', max.sessions, onSessions);
+    this.routes = {
+      ssh: new Limiter('SSH sessions', max.ssh),
+      logs: new Limiter('log requests', max.logs),
+      passthrough: new Limiter('controller requests', max.passthrough),
+    };
+    this.#refused = refused;
+  }
+
+  /** acquire takes a place for a request of route (and a session place unless passthrough). */
+  acquire(route: LimitedRoute): () => void {
+    let releaseRoute: () => void;
+    try {
+      releaseRoute = this.routes[route].acquire();
+    } catch (err) {
+      this.#refused(route);
+      throw err;
+    }
+    if (route === 'passthrough') return releaseRoute;
+    try {
+      const releaseSession = this.sessions.acquire();
+      return () => {
+        releaseSession();
+        releaseRoute();
+      };
+    } catch (err) {
+      releaseRoute();
+      this.#refused('sessions');
+      throw err;
+    }
+  }
+
+  /** busy is the number of requests of every route in progress. */
+  get busy(): number {
+    return Object.values(this.routes).reduce((n, l) => n + l.active, 0);
   }
 }

@@ -80,7 +80,7 @@ export async function handleLogs(
       throw new GatewayError(405, known ? `method ${method} is not allowed on container logs`
         : 'method not allowed', { Allow: 'GET, HEAD, OPTIONS, PROPFIND' });
     }
-    release = ctx.sessions.acquire();
+    release = ctx.limits.acquire('logs');
     outcome = await serveLog(lr, ctx);
   } catch (err) {
     const gerr = asGatewayError(err);

@@ -9,6 +9,7 @@ import { Agent, request } from 'undici';
 import { GatewayError, rawErrorResponse, sendError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import type { Limits } from './context.ts';
 
 /** HOP_BY_HOP lists the headers that describe one connection, not the message (RFC 9110 7.6.1). */
 export const HOP_BY_HOP = new Set([
@@ -33,7 +34,27 @@ export class Passthrough {
   }
 
   /** handle relays one request and its answer. */
-  async handle(req: IncomingMessage, res: ServerResponse, secure: boolean): Promise<void> {
+  async handle(
+    req: IncomingMessage,
+    res: ServerResponse,
+    secure: boolean,
+    limits: Limits,
+  ): Promise<void> {
+    let release: () => void;
+    try {
+      release = limits.acquire('passthrough');
+    } catch (err) {
+      sendError(res, err as GatewayError);
+      return;
+    }
+    try {
+      await this.#relay(req, res, secure);
+    } finally {
+      release();
+    }
+  }
+
+  async #relay(req: IncomingMessage, res: ServerResponse, secure: boolean): Promise<void> {
     const headers = forwardHeaders(req.headers, req.socket.remoteAddress, secure);
     const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
     try {

@@ -22,7 +22,7 @@ export async function handleSsh(up: UpgradeRequest, uuid: string, ctx: GatewayCo
   let outcome = 'error';
   let release = () => {};
   try {
-    release = ctx.sessions.acquire();
+    release = ctx.limits.acquire('ssh');
     const { upstream, upstreamRest, route } = await connectSsh(up, uuid, reqId, ctx, log);
     outcome = route;
     ctx.metrics.requests.labels('ssh', outcome).inc();

@@ -27,6 +27,10 @@ export async function dialGateway(
     try {
       transport = route.tunnel.session.open();
     } catch (err) {
+      if ((err as { code?: string }).code === 'ERR_YAMUX_TOO_MANY_STREAMS') {
+        throw new GatewayError(503, 'too many streams open on this container\'s tunnel, ' +
+          'try again later', { 'Retry-After': '5' });
+      }
       throw new GatewayError(503, `proxy error: tunnel: ${(err as Error).message}`);
     }
   } else {
