@@ -103,7 +103,8 @@ export function runSsh(
   command: string,
   extraArgs: string[] = [],
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proxy = `${process.execPath} ${MAIN} ssh-proxy --url ${front} %h`;
+  const insecure = front.startsWith('https:') ? ' --insecure' : '';
+  const proxy = `${process.execPath} ${MAIN} ssh-proxy${insecure} --url ${front} %h`;
   const args = [
     '-F', '/dev/null', '-o', `ProxyCommand=${proxy}`, '-o', 'StrictHostKeyChecking=no',
     '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', '-o', 'LogLevel=ERROR',

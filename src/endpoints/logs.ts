@@ -304,11 +304,15 @@ function serveEmptyCollection(lr: LogRequest): void {
   lr.res.end(lr.req.method === 'HEAD' ? undefined : body);
 }
 
+// Headers that steer the gateway or keep-web are the sidecar's to set; a client's own copies
+// are dropped so they cannot pick another directory or pose as a proof.
+const STEERING = /^(x-webdav-|x-arvados-authorization|x-arvados-container-gateway-uuid|expect$)/;
+
 function requestHeaders(req: IncomingMessage): OutgoingHttpHeaders {
   const headers: OutgoingHttpHeaders = {};
   const named = new Set(String(req.headers.connection ?? '').toLowerCase().split(/\s*,\s*/));
   for (const [k, v] of Object.entries(req.headers)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
+    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k) || STEERING.test(k)) continue;
     headers[k] = v;
   }
   return headers;

@@ -17,6 +17,10 @@ export const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade',
 ]);
 
+// Node's server has already answered `Expect: 100-continue`; passing it on would make the
+// controller wait to send a second 100.
+const NOT_FORWARDED = new Set([...HOP_BY_HOP, 'expect']);
+
 /** Passthrough relays requests to the controller. */
 export class Passthrough {
   #base: URL;
@@ -117,7 +121,7 @@ function forwardHeaders(
   const headers: Record<string, string | string[]> = {};
   const named = new Set((String(incoming.connection ?? '')).toLowerCase().split(/\s*,\s*/));
   for (const [k, v] of Object.entries(incoming)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
+    if (v === undefined || NOT_FORWARDED.has(k) || named.has(k)) continue;
     headers[k] = v;
   }
   const prior = incoming['x-forwarded-for'];
