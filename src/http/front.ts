@@ -126,7 +126,7 @@ export class FrontDoor {
       socket.resume();
       return;
     }
-    const remote = socket.remoteAddress ?? '';
+    const remote = remoteOf(socket);
     await this.#takeOver(socket, head, rest, remote, route);
   }
 
@@ -161,7 +161,7 @@ export class FrontDoor {
       if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
     }
     const parsed: Head = { parts: [req.method ?? 'POST', req.url ?? '/', 'HTTP/1.1'], headers };
-    this.#takeOver(socket, parsed, head, req.socket.remoteAddress ?? '', route);
+    this.#takeOver(socket, parsed, head, remoteOf(req.socket), route);
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
@@ -187,4 +187,9 @@ function safePath(target: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+function remoteOf(socket: Socket): string {
+  const address = socket.remoteAddress ?? '';
+  return address.includes(':') ? `[${address}]:${socket.remotePort}` : `${address}:${socket.remotePort}`;
 }
