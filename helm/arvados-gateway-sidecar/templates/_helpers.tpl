@@ -21,14 +21,19 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels on every object; the component label is added per object. */}}
-{{- define "gw.labels" -}}
+{{/* Labels on every object besides name and instance; pod templates add the selector's. */}}
+{{- define "gw.commonLabels" -}}
 helm.sh/chart: {{ include "gw.chart" . }}
-app.kubernetes.io/name: {{ include "gw.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: arvados
+{{- end -}}
+
+{{/* Labels on every object; the component label is added per object. */}}
+{{- define "gw.labels" -}}
+app.kubernetes.io/name: {{ include "gw.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "gw.commonLabels" . }}
 {{- end -}}
 
 {{/* The controller pods; the component keeps the test Pod out of the Services. */}}
@@ -36,6 +41,13 @@ app.kubernetes.io/part-of: arvados
 app.kubernetes.io/name: {{ include "gw.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: controller
+{{- end -}}
+
+{{/* The helm test Pod, which the NetworkPolicy lets in. */}}
+{{- define "gw.testLabels" -}}
+app.kubernetes.io/name: {{ include "gw.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
 {{- end -}}
 
 {{- define "gw.serviceAccountName" -}}
@@ -58,12 +70,19 @@ app.kubernetes.io/component: controller
 {{- printf "%s-peers" (include "gw.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The peers' headless Service as a DNS name, which the sidecar resolves to the peers. */}}
+{{- define "gw.peersServiceHost" -}}
+{{- printf "%s.%s.svc.%s"
+  (include "gw.peersServiceName" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
 {{- define "gw.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{- define "gw.controllerUrl" -}}
-{{- default (printf "http://127.0.0.1:%d" (int .Values.controller.port)) .Values.sidecar.controllerUrl -}}
+{{- $local := printf "http://127.0.0.1:%d" (int .Values.controller.port) -}}
+{{- default $local .Values.sidecar.controllerUrl -}}
 {{- end -}}
 
 {{/* Where the root token file is mounted in the sidecar and the test Pod. */}}
@@ -75,7 +94,7 @@ app.kubernetes.io/component: controller
 - name: root-token
   secret:
     secretName: {{ include "gw.secretName" . }}
-    defaultMode: 0440
+    defaultMode: 288 {{- /* 0440: the owner and the pod's fsGroup may read */}}
     items:
       - key: {{ .Values.existingSecretKey }}
         path: SystemRootToken
@@ -83,22 +102,35 @@ app.kubernetes.io/component: controller
 
 {{/* Combinations of values that render but could not work. */}}
 {{- define "gw.validate" -}}
-{{- $grace := add (int .Values.sidecar.drainGraceSeconds) (int .Values.sidecar.preStopSleepSeconds) -}}
-{{- if le (int .Values.terminationGracePeriodSeconds) (int $grace) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed sidecar.drainGraceSeconds + sidecar.preStopSleepSeconds (%d)" (int .Values.terminationGracePeriodSeconds) (int $grace)) -}}
+{{- $v := .Values -}}
+{{- $grace := add (int $v.sidecar.drainGraceSeconds) (int $v.sidecar.preStopSleepSeconds) -}}
+{{- if le (int $v.terminationGracePeriodSeconds) (int $grace) -}}
+{{- fail (printf "%s (%d) must exceed %s (%d)"
+  "terminationGracePeriodSeconds" (int $v.terminationGracePeriodSeconds)
+  "sidecar.drainGraceSeconds + sidecar.preStopSleepSeconds" (int $grace)) -}}
 {{- end -}}
-{{- if and .Values.rootToken .Values.existingSecret -}}
+{{- if and $v.rootToken $v.existingSecret -}}
 {{- fail "set rootToken or existingSecret, not both" -}}
 {{- end -}}
-{{- if and (not .Values.existingConfigMap) (not .Values.clusterConfig) -}}
+{{- if and (not $v.existingConfigMap) (not $v.clusterConfig) -}}
 {{- fail "set clusterConfig or existingConfigMap" -}}
 {{- end -}}
-{{- if and .Values.podDisruptionBudget.enabled (not .Values.podDisruptionBudget.maxUnavailable) (not (kindIs "string" .Values.podDisruptionBudget.minAvailable)) -}}
-{{- if ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount) -}}
-{{- fail "podDisruptionBudget.minAvailable must be below replicaCount, or no pod could ever be evicted" -}}
+{{- $pdb := $v.podDisruptionBudget -}}
+{{- if and $pdb.enabled (not $pdb.maxUnavailable) (not (kindIs "string" $pdb.minAvailable)) -}}
+{{- if ge (int $pdb.minAvailable) (int $v.replicaCount) -}}
+{{- fail (printf "%s, or no pod could ever be evicted"
+  "podDisruptionBudget.minAvailable must be below replicaCount") -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.admin.namespaceSelector) (not .Values.networkPolicy.admin.podSelector) -}}
+{{- $admin := $v.networkPolicy.admin -}}
+{{- if and $v.networkPolicy.enabled (not $admin.namespaceSelector) (not $admin.podSelector) -}}
 {{- fail "networkPolicy.admin needs a namespaceSelector or a podSelector" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* host:port to listen on, for (list $ port): an IPv6 host goes in brackets. */}}
+{{- define "gw.listen" -}}
+{{- $h := (index . 0).Values.sidecar.listenHost -}}
+{{- $port := int (index . 1) -}}
+{{- if contains ":" $h -}}[{{ $h }}]:{{ $port }}{{- else -}}{{ $h }}:{{ $port }}{{- end -}}
 {{- end -}}
