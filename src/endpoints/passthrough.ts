@@ -59,10 +59,16 @@ export class Passthrough {
   }
 
   async #relay(req: IncomingMessage, res: ServerResponse, secure: boolean): Promise<void> {
+    const target = controllerTarget(req.url ?? '', this.#base);
+    if (target === undefined) {
+      this.#metrics.requests.labels('passthrough', 'error_400').inc();
+      sendError(res, new GatewayError(400, 'malformed request target'));
+      return;
+    }
     const headers = forwardHeaders(req.headers, req.socket.remoteAddress, secure);
     const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
     try {
-      const upstream = await request(new URL(req.url ?? '/', this.#base), {
+      const upstream = await request(target, {
         method: req.method as 'GET',
         headers,
         body: hasBody ? req : undefined,
@@ -111,6 +117,29 @@ export class Passthrough {
   close(): Promise<void> {
     return this.#agent.close();
   }
+}
+
+/**
+ * controllerTarget maps a request target onto the controller. Only the path and query are
+ * taken from the client: a target such as `//host/x` or `http://host/x` must never choose where
+ * the sidecar connects, or the front door would be an open proxy into the cluster.
+ */
+export function controllerTarget(target: string, base: URL): URL | undefined {
+  let pathAndQuery = target;
+  if (/^https?:\/\//i.test(target)) {
+    if (!URL.canParse(target)) return undefined;
+    const url = new URL(target);
+    pathAndQuery = url.pathname + url.search;
+  }
+  if (!pathAndQuery.startsWith('/') || pathAndQuery.startsWith('//') ||
+      pathAndQuery.includes('\\')) {
+    return undefined;
+  }
+  const url = new URL(base.origin);
+  const q = pathAndQuery.indexOf('?');
+  url.pathname = q >= 0 ? pathAndQuery.slice(0, q) : pathAndQuery;
+  url.search = q >= 0 ? pathAndQuery.slice(q) : '';
+  return url.origin === base.origin ? url : undefined;
 }
 
 function forwardHeaders(
