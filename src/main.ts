@@ -15,7 +15,13 @@ async function serve(): Promise<void> {
   }
   const log = createLogger(settings.logLevel);
   const sidecar = new Sidecar({ settings, log });
-  await sidecar.start();
+  try {
+    await sidecar.start();
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, 'cannot start');
+    process.stderr.write(`arvados-gateway-sidecar: cannot start: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
 
   let signals = 0;
   const onSignal = async (signal: string) => {

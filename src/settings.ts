@@ -1,5 +1,6 @@
 // The sidecar's own settings. Every setting has an environment variable and a default and is
 // validated at start, so a typo fails loudly with the setting's name instead of at first use.
+import { readFileSync } from 'node:fs';
 import convict from 'convict';
 
 convict.addFormat({
@@ -8,6 +9,40 @@ convict.addFormat({
     if (typeof value !== 'string' || parseHostPort(value) === undefined) {
       throw new Error('must be host:port, e.g. 0.0.0.0:8443 or [::1]:9090');
     }
+  },
+});
+
+convict.addFormat({
+  name: 'strict-boolean',
+  validate(value: unknown) {
+    if (typeof value !== 'boolean') throw new Error('must be true or false');
+  },
+  coerce(value: string) {
+    const v = String(value).trim().toLowerCase();
+    if (v === 'true' || v === '1') return true;
+    if (v === 'false' || v === '0') return false;
+    return value;
+  },
+});
+
+convict.addFormat({
+  name: 'positive-int',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+      throw new Error('must be a whole number of at least 1');
+    }
+  },
+  coerce(value: string) {
+    return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
+  },
+});
+
+convict.addFormat({
+  name: 'url',
+  validate(value: unknown) {
+    if (typeof value !== 'string' || !URL.canParse(value)) throw new Error('must be a URL');
+    const scheme = new URL(value).protocol;
+    if (scheme !== 'http:' && scheme !== 'https:') throw new Error('must be an http(s) URL');
   },
 });
 
@@ -84,7 +119,7 @@ const schema = {
   },
   controllerUrl: {
     doc: 'The controller this sidecar fronts: API calls and every other request go there.',
-    format: 'optional-url', default: 'http://127.0.0.1:8003', env: 'GATEWAY_CONTROLLER_URL',
+    format: 'url', default: 'http://127.0.0.1:8003', env: 'GATEWAY_CONTROLLER_URL',
   },
   internalUrl: {
     doc: 'This sidecar\'s own URL as peers and crunch-run see it (else built from the pod).',
@@ -102,7 +137,7 @@ const schema = {
   },
   allowLoopbackGateways: {
     doc: 'Single-host mode: dial gateway addresses on 127.0.0.1 instead of requiring a tunnel.',
-    format: Boolean, default: false, env: 'GATEWAY_ALLOW_LOOPBACK_GATEWAYS',
+    format: 'strict-boolean', default: false, env: 'GATEWAY_ALLOW_LOOPBACK_GATEWAYS',
   },
   gatewayNetworks: {
     doc: 'CIDRs a direct gateway address may be in. Link-local (cloud metadata) and loopback ' +
@@ -113,43 +148,44 @@ const schema = {
   },
   apiTimeoutMs: {
     doc: 'Timeout for one Arvados API call, in milliseconds.',
-    format: 'nat', default: 30_000, env: 'GATEWAY_API_TIMEOUT_MS',
+    format: 'positive-int', default: 30_000, env: 'GATEWAY_API_TIMEOUT_MS',
   },
   dialTimeoutMs: {
     doc: 'Timeout for reaching a container gateway (connect, TLS, upgrade), in milliseconds.',
-    format: 'nat', default: 15_000, env: 'GATEWAY_DIAL_TIMEOUT_MS',
+    format: 'positive-int', default: 15_000, env: 'GATEWAY_DIAL_TIMEOUT_MS',
   },
   headTimeoutMs: {
     doc: 'Time a client has to send a complete request head and upgrade body, in milliseconds.',
-    format: 'nat', default: 30_000, env: 'GATEWAY_HEAD_TIMEOUT_MS',
+    format: 'positive-int', default: 30_000, env: 'GATEWAY_HEAD_TIMEOUT_MS',
   },
   drainGraceSeconds: {
     doc: 'After SIGTERM, how long spliced sessions may go on before the process exits.',
     format: 'nat', default: 30, env: 'GATEWAY_DRAIN_GRACE_SECONDS',
+    // 0 is allowed here: exit as soon as SIGTERM arrives.
   },
   maxTunnels: {
     doc: 'Most tunnels held at once; more are refused with 503.',
-    format: 'nat', default: 20_000, env: 'GATEWAY_MAX_TUNNELS',
+    format: 'positive-int', default: 20_000, env: 'GATEWAY_MAX_TUNNELS',
   },
   maxStreamsPerTunnel: {
     doc: 'Most streams open at once on one tunnel.',
-    format: 'nat', default: 1024, env: 'GATEWAY_MAX_STREAMS_PER_TUNNEL',
+    format: 'positive-int', default: 1024, env: 'GATEWAY_MAX_STREAMS_PER_TUNNEL',
   },
   maxSessions: {
     doc: 'Most spliced SSH sessions and log transfers at once; more are refused with 503.',
-    format: 'nat', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
+    format: 'positive-int', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
   },
   maxSshSessions: {
     doc: 'Most SSH sessions at once.',
-    format: 'nat', default: 2048, env: 'GATEWAY_MAX_SSH_SESSIONS',
+    format: 'positive-int', default: 2048, env: 'GATEWAY_MAX_SSH_SESSIONS',
   },
   maxLogRequests: {
     doc: 'Most log requests at once.',
-    format: 'nat', default: 2048, env: 'GATEWAY_MAX_LOG_REQUESTS',
+    format: 'positive-int', default: 2048, env: 'GATEWAY_MAX_LOG_REQUESTS',
   },
   maxPassthrough: {
     doc: 'Most requests to the controller at once.',
-    format: 'nat', default: 4096, env: 'GATEWAY_MAX_PASSTHROUGH',
+    format: 'positive-int', default: 4096, env: 'GATEWAY_MAX_PASSTHROUGH',
   },
   logLevel: {
     doc: 'Log level: trace, debug, info, warn, error, fatal.',
@@ -198,12 +234,36 @@ export function loadSettings(
 ): Settings {
   const config = convict(schema, { env, args: [] });
   config.load(overrides);
-  config.validate({ allowed: 'strict' });
+  try {
+    config.validate({ allowed: 'strict' });
+  } catch (err) {
+    throw new Error(withVariableNames((err as Error).message));
+  }
   const settings = config.getProperties() as Settings;
   if ((settings.tlsCert === '') !== (settings.tlsKey === '')) {
     throw new Error('GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together');
   }
+  for (const [name, path] of [['GATEWAY_TLS_CERT', settings.tlsCert],
+    ['GATEWAY_TLS_KEY', settings.tlsKey]]) {
+    if (path === '') continue;
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw new Error(`${name}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`);
+    }
+    if (!text.includes('-----BEGIN ')) throw new Error(`${name}: ${path} is not a PEM file`);
+  }
   return settings;
+}
+
+// convict names settings by their keys; operators know them by their environment variables.
+function withVariableNames(message: string): string {
+  return message.split('\n').map((line) => {
+    const key = /^([A-Za-z]+):/.exec(line)?.[1];
+    const env = key ? (schema as Record<string, { env?: string }>)[key]?.env : undefined;
+    return env ? `${env} (${key})${line.slice(key!.length)}` : line;
+  }).join('\n');
 }
 
 /** describeSettings lists every setting with its variable, default and doc, for the README. */

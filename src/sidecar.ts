@@ -111,7 +111,9 @@ export class Sidecar {
     this.config.on('rejected', (err: Error, source: string) => {
       this.metrics.configReloads.labels('error').inc();
       this.metrics.configLastReloadOk.set(0);
-      log.error({ source, err: err.message }, 'cluster config refused; keeping the last good one');
+      log.error({ source, err: err.message }, this.config.current
+        ? 'cluster config refused; keeping the last good one'
+        : 'cluster config refused; no good config yet, not ready');
     });
   }
 
@@ -134,6 +136,9 @@ export class Sidecar {
   ready(): { ready: boolean; reason: string } {
     if (this.#draining) return { ready: false, reason: 'draining' };
     if (!this.#listening) return { ready: false, reason: 'listeners are not up' };
+    if (this.config.rootTokenError) {
+      return { ready: false, reason: `root token file: ${this.config.rootTokenError}` };
+    }
     if (!this.config.current) return { ready: false, reason: 'cluster config is not loaded' };
     return { ready: true, reason: 'ok' };
   }
@@ -146,7 +151,8 @@ export class Sidecar {
     else this.#stoppers.push(watchConfigFile(s.arvadosConfig, this.config, this.log));
 
     const admin = parseHostPort(s.adminListen)!;
-    this.#admin = await startAdmin(admin.host, admin.port, {
+    this.#admin = await listening('GATEWAY_ADMIN_LISTEN', s.adminListen, startAdmin(admin.host,
+      admin.port, {
       ready: () => this.ready(),
       metrics: async () => {
         const sessions = this.registry.all().map((t) => t.session);
@@ -163,10 +169,15 @@ export class Sidecar {
         own_url: this.#ownUrl,
         settings: { ...this.settings },
       }),
-    });
+    }));
     const front = parseHostPort(s.listen)!;
-    this.#frontAddress = await this.#front.listen(front.host, front.port);
+    this.#frontAddress = await listening('GATEWAY_LISTEN', s.listen,
+      this.#front.listen(front.host, front.port));
     this.#ownUrl = s.internalUrl || this.#defaultOwnUrl();
+    if (!s.internalUrl && !s.podIp && !s.podName && !isLoopback(front.host)) {
+      this.log.warn({ own_url: this.#ownUrl }, 'no GATEWAY_INTERNAL_URL or POD_IP: crunch-run ' +
+        'and peers will be told a loopback URL');
+    }
     this.#listening = true;
     this.log.info({
       listen: `${this.#frontAddress.address}:${this.#frontAddress.port}`,
@@ -249,4 +260,17 @@ export class Sidecar {
     const h = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
     return `${scheme}://${h.includes(':') ? `[${h}]` : h}:${port}/`;
   }
+}
+
+async function listening<T>(name: string, address: string, started: Promise<T>): Promise<T> {
+  try {
+    return await started;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new Error(`${name}: cannot listen on ${address}: ${code}`);
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }

@@ -63,6 +63,7 @@ export class ClusterConfigStore extends EventEmitter {
   #rootTokenOverride = '';
   #lastText = '';
   #lastError = '';
+  #rootTokenError = '';
 
   constructor(clusterId = '') {
     super();
@@ -79,10 +80,30 @@ export class ClusterConfigStore extends EventEmitter {
     return this.#lastError;
   }
 
+  /** rootTokenError says why the root token file could not be used, or is empty. */
+  get rootTokenError(): string {
+    return this.#rootTokenError;
+  }
+
   /** setRootTokenOverride uses a token from a mounted Secret instead of the config's. */
   setRootTokenOverride(token: string): void {
     this.#rootTokenOverride = token.trim();
+    this.#rootTokenError = this.#rootTokenOverride === '' ? 'the file is empty' : '';
     if (this.#lastText !== '') this.update(this.#lastText, 'root token file', true);
+  }
+
+  /**
+   * rootTokenUnreadable records that the token file named in the settings cannot be read. The
+   * config's own token is not used instead: the operator asked for the file's.
+   */
+  rootTokenUnreadable(reason: string): void {
+    this.#rootTokenError = reason;
+  }
+
+  /** sourceFailed records that a source could not deliver the config at all. */
+  sourceFailed(reason: string, source: string): void {
+    this.#lastError = reason;
+    this.emit('rejected', new Error(reason), source);
   }
 
   /**
@@ -91,7 +112,11 @@ export class ClusterConfigStore extends EventEmitter {
    */
   update(text: string, source: string, force = false): Error | undefined {
     if (text === this.#lastText && !force) {
-      this.#lastError = '';
+      // The last good text came back after a refused edit: that is a recovery, not a no-op.
+      if (this.#lastError !== '') {
+        this.#lastError = '';
+        this.emit('change', this.#current, source);
+      }
       return undefined;
     }
     try {

@@ -19,7 +19,8 @@ export function watchConfigFile(
     try {
       text = readFileSync(path, 'utf8');
     } catch (err) {
-      log.error({ path, err: (err as Error).message }, 'cannot read cluster config file');
+      store.sourceFailed(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        `file ${path}`);
       onResult(false);
       return;
     }
@@ -41,7 +42,9 @@ export function watchTokenFile(path: string, store: ClusterConfigStore, log: Log
     try {
       store.setRootTokenOverride(readFileSync(path, 'utf8'));
     } catch (err) {
-      log.error({ path, err: (err as Error).message }, 'cannot read root token file');
+      const reason = `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? err}`;
+      if (store.rootTokenError !== reason) log.error({ path, err: reason }, 'root token file');
+      store.rootTokenUnreadable(reason);
     }
   };
   load();

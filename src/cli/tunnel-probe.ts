@@ -48,9 +48,9 @@ export async function tunnelProbe(argv: string[]): Promise<number> {
   if (answer.rest.length > 0) socket.unshift(answer.rest);
   const session = new Session(socket, { role: 'client' });
   socket.resume();
+  const admin = values['admin-url'] ??
+    `http://${new URL(holder).host.replace(/:\d+$/, '')}:${values['admin-port'] ?? '9090'}`;
   try {
-    const admin = values['admin-url'] ??
-      `http://${new URL(holder).host.replace(/:\d+$/, '')}:${values['admin-port'] ?? '9090'}`;
     for (let attempt = 0; attempt < 20; attempt++) {
       const res = await fetch(new URL('/debug/tunnels', admin), { signal: AbortSignal.timeout(5000) });
       const tunnels = await res.json() as { container_uuid: string }[];
@@ -63,7 +63,7 @@ export async function tunnelProbe(argv: string[]): Promise<number> {
     out(`${admin}/debug/tunnels does not list ${values.uuid}`);
     return 1;
   } catch (err) {
-    out(`cannot read the holder's debug view: ${(err as Error).message}`);
+    out(`cannot read ${admin}/debug/tunnels: ${(err as Error).message}`);
     return 1;
   } finally {
     session.close();

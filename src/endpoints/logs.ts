@@ -86,9 +86,15 @@ export async function handleLogs(
     const gerr = asGatewayError(err);
     if (!(err instanceof GatewayError)) log.error({ err }, 'log request failed');
     outcome = `error_${gerr.status}`;
-    sendError(res, gerr);
+    // Workbench reads these answers cross-origin: without the header it sees no message.
+    sendError(res, new GatewayError(gerr.status, gerr.message,
+      { 'Access-Control-Allow-Origin': '*', ...gerr.headers }));
   } finally {
     release();
+    const fields = { method: req.method, outcome, status: res.statusCode,
+      duration_ms: Math.round(performance.now() - started) };
+    if (res.statusCode >= 500) log.warn(fields, 'log request failed');
+    else log.info(fields, 'log request');
     ctx.metrics.requests.labels('logs', outcome).inc();
     ctx.metrics.requestDuration.labels('logs').observe((performance.now() - started) / 1000);
   }

@@ -81,6 +81,8 @@ export class Passthrough {
       res.writeHead(upstream.statusCode, out);
       await pipeline(upstream.body, res);
       this.#metrics.requests.labels('passthrough', 'ok').inc();
+      this.#log.debug({ route: 'passthrough', method: req.method, status: upstream.statusCode },
+        'controller request');
     } catch (err) {
       this.#metrics.requests.labels('passthrough', 'error_502').inc();
       this.#log.warn({ err: (err as Error).message, route: 'passthrough' },

@@ -5,7 +5,7 @@ import { containerKey, sameSecret } from '../gateway/hmac.ts';
 import { refuse, switchingProtocols, type UpgradeRequest } from '../http/upgrade.ts';
 import { Session } from '../tunnel/yamux/index.ts';
 import type { Tunnel } from '../tunnel/registry.ts';
-import { clusterConfig, isContainerUuid, type GatewayContext } from './context.ts';
+import { clusterConfig, isContainerUuid, requestId, type GatewayContext } from './context.ts';
 
 /** handleTunnel serves POST .../{uuid}/gateway_tunnel. */
 export async function handleTunnel(
@@ -13,7 +13,8 @@ export async function handleTunnel(
   uuid: string,
   ctx: GatewayContext,
 ): Promise<void> {
-  const log = ctx.log.child({ route: 'tunnel', container_uuid: uuid });
+  const log = ctx.log.child({ req_id: requestId(up.headers['x-request-id']), route: 'tunnel',
+    container_uuid: uuid });
   const started = performance.now();
   const done = (outcome: string) => {
     ctx.metrics.requests.labels('tunnel', outcome).inc();
@@ -38,7 +39,7 @@ export async function handleTunnel(
     }
   } catch (err) {
     const gerr = asGatewayError(err);
-    done(gerr.status === 401 ? 'unauthorized' : `error_${gerr.status}`);
+    done(`error_${gerr.status}`);
     refuse(up.socket, gerr);
     return;
   }

@@ -65,8 +65,9 @@ export class FrontDoor {
     this.#http.on('upgrade', (req, socket, head) => this.#onHttpUpgrade(req, socket, head));
     this.#http.on('clientError', (err, socket) => {
       if (!socket.writable) return socket.destroy();
-      const status = (err as { code?: string }).code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-      refuse(socket, new GatewayError(status, 'malformed request'));
+      const tooLarge = (err as { code?: string }).code === 'HPE_HEADER_OVERFLOW';
+      refuse(socket, tooLarge ? new GatewayError(431, 'request head too large')
+        : new GatewayError(400, 'malformed request'));
     });
     const onSocket = (socket: Socket) => this.#onConnection(socket);
     this.#server = this.#secure

@@ -46,7 +46,17 @@ export function readHead(socket: Duplex, timeoutMs: number, initial?: Buffer): P
       else resolve(result!);
     };
     const tryParse = (): boolean => {
+      // A TLS handshake on the plain port, or a head with bare LF line ends, would otherwise
+      // wait for the timeout: say what is wrong at once.
+      if (searched === 0 && buf[0] === 0x16) {
+        finish(new GatewayError(400, 'TLS handshake on a plain HTTP port'));
+        return true;
+      }
       const at = buf.indexOf(END, Math.max(0, searched - 3));
+      if (at < 0 && /[^\r]\n/.test(buf.toString('latin1', Math.max(0, searched - 1)))) {
+        finish(new GatewayError(400, 'malformed head: lines must end with CRLF'));
+        return true;
+      }
       if (at < 0) {
         searched = buf.length;
         if (buf.length > MAX_HEAD_BYTES) {

@@ -43,10 +43,9 @@ export async function readUpgradeRequest(
   if (headers['transfer-encoding'] !== undefined) {
     throw new GatewayError(400, 'upgrade request body must have a Content-Length');
   }
-  const length = Number(headers['content-length'] ?? '0');
-  if (!Number.isSafeInteger(length) || length < 0) {
-    throw new GatewayError(400, 'malformed Content-Length');
-  }
+  const declared = headers['content-length'] ?? '0';
+  if (!/^\d{1,15}$/.test(declared)) throw new GatewayError(400, 'malformed Content-Length');
+  const length = Number(declared);
   if (length > MAX_FORM_BYTES) throw new GatewayError(413, 'upgrade request body too large');
   const { body, rest: after } = await readBody(socket, rest, length, timeoutMs);
   const url = requestUrl(head.parts[1]);
