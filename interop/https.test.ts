@@ -46,7 +46,8 @@ test('tunnel, SSH, logs and passthrough over an HTTPS front door', async () => {
 
   const dispatcher = new Agent({ connect: { ca: readFileSync(cert) } });
   const cr = [...cluster.api.requests.values()].find((c) => c.container_uuid === uuid)!;
-  const log = await request(`${front}/arvados/v1/container_requests/${cr.uuid}/log/${uuid}/stderr.txt`,
+  const logPath = `/arvados/v1/container_requests/${cr.uuid}/log/${uuid}/stderr.txt`;
+  const log = await request(`${front}${logPath}`,
     { headers: { authorization: `Bearer ${alice.token}` }, dispatcher });
   assert.equal(await log.body.text(), 'over tls\n');
   const me = await request(`${front}/arvados/v1/users/current`,

@@ -36,7 +36,8 @@ describe('container logs through the sidecar', () => {
   const logUrl = (ctr: string, path = '') =>
     `${base}/arvados/v1/container_requests/${crOf(ctr)}/log${path}`;
   const get = (url: string, headers: Record<string, string> = {}, method = 'GET') =>
-    request(url, { method: method as 'GET', headers: { authorization: `Bearer ${alice.token}`, ...headers } });
+    request(url, { method: method as 'GET', headers: { authorization: `Bearer ${alice.token}`,
+        ...headers } });
 
   before(async () => {
     await buildGo(['crunch-run', 'keep-web']);
@@ -195,7 +196,8 @@ describe('container logs through the sidecar', () => {
     });
 
     test('a container request the user cannot read: 404', async () => {
-      const res = await get(`${base}/arvados/v1/container_requests/zzzzz-xvhdp-000000000000000/log/`);
+      const unknown = 'zzzzz-xvhdp-000000000000000';
+      const res = await get(`${base}/arvados/v1/container_requests/${unknown}/log/`);
       assert.equal(res.statusCode, 404);
       await res.body.dump();
     });
@@ -215,7 +217,8 @@ describe('container logs through the sidecar', () => {
       assert.equal(cluster.api.calls.length, before);
     });
 
-    test('gateway unreachable: 503 while running, keep-web once it finished meanwhile', async () => {
+    test('gateway unreachable: 503 while running, keep-web once it finished meanwhile', async () =>
+        {
       const gone = 'zzzzz-dz642-gatewaygone0001';
       cluster.api.addContainer(gone, 'Running', [alice], '127.0.0.1:9');
       const res = await get(logUrl(gone, `/${gone}/stderr.txt`));
@@ -282,7 +285,8 @@ async function cadaver(dir: string, base: string, url: string, token: string, cm
     { mode: 0o600 });
   const script = join(dir, 'cadaver.cmds');
   writeFileSync(script, [...cmds, 'quit', ''].join('\n'));
-  const { stdout, stderr } = await run('sh', ['-c', `cd "${dir}" && cadaver -t "${url}" < "${script}"`],
+  const { stdout, stderr } = await run('sh', ['-c',
+      `cd "${dir}" && cadaver -t "${url}" < "${script}"`],
     { env: { ...process.env, HOME: home }, timeout: 30_000 });
   assert.doesNotMatch(stdout + stderr, /failed|Could not/i, stdout + stderr);
   return stdout;

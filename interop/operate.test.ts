@@ -40,7 +40,8 @@ describe('metrics after a tunnel, SSH and logs session', () => {
     await crunchRun.waitFor('gateway_address_set');
     assert.equal((await runSsh(urlOf(sidecar), uuid, alice.token, 'echo m')).stdout, 'm\n');
     const cr = [...cluster.api.requests.values()].find((r) => r.container_uuid === uuid)!;
-    const log = await request(`${urlOf(sidecar)}/arvados/v1/container_requests/${cr.uuid}/log/${uuid}/stderr.txt`,
+    const logPath = `/arvados/v1/container_requests/${cr.uuid}/log/${uuid}/stderr.txt`;
+    const log = await request(`${urlOf(sidecar)}${logPath}`,
       { headers: { authorization: `Bearer ${alice.token}` } });
     assert.equal((await log.body.text()).length, 1000);
     await request(`${urlOf(sidecar)}/arvados/v1/users/current`,
@@ -65,7 +66,8 @@ describe('metrics after a tunnel, SSH and logs session', () => {
     assert.equal(value('arvados_gateway_requests_total', { route: 'ssh', outcome: 'tunnel' }), 1);
     assert.equal(value('arvados_gateway_requests_total', { route: 'logs', outcome: 'tunnel' }), 1);
     assert.equal(value('arvados_gateway_requests_total', { route: 'tunnel', outcome: 'ok' }), 1);
-    assert.ok(value('arvados_gateway_requests_total', { route: 'passthrough', outcome: 'ok' })! >= 1);
+    assert.ok(value('arvados_gateway_requests_total', { route: 'passthrough',
+        outcome: 'ok' })! >= 1);
     assert.ok(value('arvados_gateway_session_bytes_total', { direction: 'to_client' })! > 0);
     assert.equal(value('arvados_gateway_request_duration_seconds_count', { route: 'ssh' }), 1);
     assert.ok(value('arvados_gateway_api_call_duration_seconds_count',

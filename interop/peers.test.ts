@@ -144,7 +144,8 @@ describe('two sidecars as one', () => {
       assert.deepEqual(down.json, { errors: ['container is running but tunnel is down'] });
       const log = await logGet(b);
       assert.equal(log.statusCode, 503);
-      assert.deepEqual(await log.body.json(), { errors: ['container is running but tunnel is down'] });
+      assert.deepEqual(await log.body.json(),
+          { errors: ['container is running but tunnel is down'] });
 
       service.target = b.frontPort;
       const ctr = cluster.api.containers.get(CTR)!;
@@ -175,10 +176,12 @@ describe('peers from the headless Service', () => {
     cluster.api.addContainer('zzzzz-dz642-strangerpeer001', 'Running', [alice],
       'tunnel http://127.0.0.2:9/');
     const member = await rawUpgrade(sidecar.frontPort,
-      '/arvados/v1/connect/zzzzz-dz642-memberpeer00001/ssh', { upgrade: 'ssh', token: alice.token });
+      '/arvados/v1/connect/zzzzz-dz642-memberpeer00001/ssh', { upgrade: 'ssh',
+          token: alice.token });
     assert.deepEqual(member.json, { errors: ['container is running but tunnel is down'] });
     const stranger = await rawUpgrade(sidecar.frontPort,
-      '/arvados/v1/connect/zzzzz-dz642-strangerpeer001/ssh', { upgrade: 'ssh', token: alice.token });
+      '/arvados/v1/connect/zzzzz-dz642-strangerpeer001/ssh', { upgrade: 'ssh',
+          token: alice.token });
     assert.deepEqual(stranger.json,
       { errors: ['container gateway is running but tunnel endpoint is invalid'] });
   });

@@ -27,7 +27,8 @@ describe('ssh through the sidecar with real peers', () => {
   let bob: ReturnType<LocalCluster['api']['addUser']>;
   let admin: ReturnType<LocalCluster['api']['addUser']>;
 
-  const ssh = (uuid: string, token: string, cmd: string) => runSsh(urlOf(sidecar), uuid, token, cmd);
+  const ssh = (uuid: string, token: string, cmd: string) => runSsh(urlOf(sidecar), uuid, token,
+      cmd);
   const upgrade = (uuid: string, token: string | undefined, form: Record<string, string> = {}) =>
     rawUpgrade(port, `/arvados/v1/connect/${uuid}/ssh`, { upgrade: 'ssh', token, form });
 
@@ -198,13 +199,15 @@ describe('ssh through the sidecar with real peers', () => {
       cluster.writeConfig({ shellAccess: { User: false, Admin: true } });
       await waitFor(() => sidecar.ctx.config.current?.shellAccess.user === false);
       try {
-        await expectError(upgrade(TUNNELLED, alice.token), 503, 'shell access is disabled in config');
+        await expectError(upgrade(TUNNELLED, alice.token), 503,
+            'shell access is disabled in config');
         const ok = await upgrade(TUNNELLED, admin.token);
         assert.equal(ok.status, 101);
         ok.socket.destroy();
         cluster.writeConfig({ shellAccess: { User: false, Admin: false } });
         await waitFor(() => sidecar.ctx.config.current?.shellAccess.admin === false);
-        await expectError(upgrade(TUNNELLED, admin.token), 503, 'shell access is disabled in config');
+        await expectError(upgrade(TUNNELLED, admin.token), 503,
+            'shell access is disabled in config');
       } finally {
         cluster.writeConfig({});
         await waitFor(() => sidecar.ctx.config.current?.shellAccess.user === true);
@@ -216,12 +219,14 @@ describe('ssh through the sidecar with real peers', () => {
         400, 'invalid login_username: control characters are not allowed');
     });
 
-    test('an attacker in the middle is detected (wrong respondAuth, or not the gateway)', async () => {
+    test('an attacker in the middle is detected (wrong respondAuth, or a relay)', async () =>
+        {
       const pem = selfSigned(cluster.dir);
       // A gateway impostor: it answers the upgrade but cannot make the proof.
       const impostor = createTlsServer(pem, (s) => {
         s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: ssh\r\n' +
-          'Connection: upgrade\r\nX-Arvados-Authorization-Response: ' + 'f'.repeat(64) + '\r\n\r\n'));
+          'Connection: upgrade\r\nX-Arvados-Authorization-Response: ' + 'f'.repeat(64) +
+          '\r\n\r\n'));
         s.on('error', () => {});
       });
       await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', r));
@@ -272,7 +277,8 @@ function selfSigned(dir: string): { key: Buffer; cert: Buffer } {
   const key = join(dir, 'mitm.key');
   const cert = join(dir, 'mitm.crt');
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
-    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=mitm'], { stdio: 'ignore' });
+    '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=mitm'],
+        { stdio: 'ignore' });
   return { key: readFileSync(key), cert: readFileSync(cert) };
 }
 

@@ -24,7 +24,8 @@ export const REDACT_PATHS = [
 ];
 
 /** createLogger builds the root logger: JSON, one line per event, secrets redacted. */
-export function createLogger(level = process.env.LOG_LEVEL ?? 'info', destination?: pino.DestinationStream): Logger {
+export function createLogger(level = process.env.LOG_LEVEL ?? 'info',
+    destination?: pino.DestinationStream): Logger {
   const options: pino.LoggerOptions = {
     level,
     base: { service: 'arvados-gateway-sidecar' },

@@ -129,7 +129,8 @@ const schema = {
     doc: 'DNS name of the peers\' headless Service, resolved to the current peer addresses.',
     format: String, default: '', env: 'GATEWAY_PEERS_SERVICE',
   },
-  podName: { doc: 'This pod\'s name (downward API).', format: String, default: '', env: 'POD_NAME' },
+  podName: { doc: 'This pod\'s name (downward API).', format: String, default: '',
+      env: 'POD_NAME' },
   podIp: { doc: 'This pod\'s IP (downward API).', format: String, default: '', env: 'POD_IP' },
   podNamespace: {
     doc: 'This pod\'s namespace (downward API).',
@@ -286,7 +287,9 @@ export function splitList(value: string): string[] {
 }
 
 /** parseCidr checks "address/bits" for IPv4 or IPv6. */
-export function parseCidr(value: string): { address: string; bits: number; v6: boolean } | undefined {
+export function parseCidr(
+  value: string,
+): { address: string; bits: number; v6: boolean } | undefined {
   const m = /^([0-9a-fA-F:.]+)\/(\d{1,3})$/.exec(value);
   if (!m) return undefined;
   const v6 = m[1].includes(':');

@@ -146,7 +146,8 @@ export class Sidecar {
   /** start loads the config sources and opens the listeners. */
   async start(): Promise<void> {
     const s = this.settings;
-    if (s.rootTokenFile) this.#stoppers.push(watchTokenFile(s.rootTokenFile, this.config, this.log));
+    if (s.rootTokenFile) this.#stoppers.push(watchTokenFile(s.rootTokenFile, this.config,
+        this.log));
     if (s.configMap) await this.#watchConfigMap();
     else this.#stoppers.push(watchConfigFile(s.arvadosConfig, this.config, this.log));
 

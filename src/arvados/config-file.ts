@@ -29,7 +29,8 @@ export function watchConfigFile(
   };
   load();
   const onChange = (now: Stats, before: Stats) => {
-    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino || now.size !== before.size) load();
+    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino
+        || now.size !== before.size) load();
   };
   watchFile(path, { interval: POLL_MS }, onChange);
   // Only this listener: other watchers of the same file in this process keep theirs.

@@ -26,7 +26,8 @@ export async function tunnelProbe(argv: string[]): Promise<number> {
     return 2;
   }
   const tokenFile = process.env.ARVADOS_SYSTEM_ROOT_TOKEN_FILE;
-  const token = (tokenFile ? readFileSync(tokenFile, 'utf8') : process.env.ARVADOS_SYSTEM_ROOT_TOKEN ?? '')
+  const token = (tokenFile ? readFileSync(tokenFile, 'utf8')
+      : process.env.ARVADOS_SYSTEM_ROOT_TOKEN ?? '')
     .trim();
   if (!values.url || !values.uuid || token === '') {
     process.stderr.write(USAGE);
@@ -52,7 +53,8 @@ export async function tunnelProbe(argv: string[]): Promise<number> {
     `http://${new URL(holder).host.replace(/:\d+$/, '')}:${values['admin-port'] ?? '9090'}`;
   try {
     for (let attempt = 0; attempt < 20; attempt++) {
-      const res = await fetch(new URL('/debug/tunnels', admin), { signal: AbortSignal.timeout(5000) });
+      const res = await fetch(new URL('/debug/tunnels', admin),
+          { signal: AbortSignal.timeout(5000) });
       const tunnels = await res.json() as { container_uuid: string }[];
       if (tunnels.some((t) => t.container_uuid === values.uuid)) {
         out(`${admin}/debug/tunnels lists ${values.uuid}: ok`);

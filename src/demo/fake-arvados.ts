@@ -77,16 +77,19 @@ export class FakeArvados {
 
   /** addUser adds a user with a fresh token. */
   addUser(uuid: string, isAdmin = false): FakeUser {
-    const user = { uuid, token: `v2/${uuid}/${randomBytes(16).toString('hex')}`, is_admin: isAdmin };
+    const user = { uuid, token: `v2/${uuid}/${randomBytes(16).toString('hex')}`,
+        is_admin: isAdmin };
     this.users.set(user.token, user);
     return user;
   }
 
   /** addContainer adds a container and, for each owner given, a request for it. */
-  addContainer(uuid: string, state: string, owners: FakeUser[], gatewayAddress = ''): FakeContainer {
+  addContainer(uuid: string, state: string, owners: FakeUser[],
+      gatewayAddress = ''): FakeContainer {
     const ctr: FakeContainer = {
       uuid, state, gateway_address: gatewayAddress, interactive_session_started: false,
-      log: null, runtime_token: `v2/${uuid.replace('dz642', 'gj3su')}/${randomBytes(8).toString('hex')}`,
+      log: null,
+      runtime_token: `v2/${uuid.replace('dz642', 'gj3su')}/${randomBytes(8).toString('hex')}`,
     };
     this.containers.set(uuid, ctr);
     owners.forEach((owner, i) => {
@@ -134,7 +137,8 @@ export class FakeArvados {
       if (!ctr || !(runtime || this.#canRead(user!, ctr.uuid))) {
         return error(res, 404, 'Path not found');
       }
-      if (req.method === 'GET') return json(res, 200, pick({ kind: 'arvados#container', ...ctr }, select));
+      if (req.method === 'GET') return json(res, 200, pick({ kind: 'arvados#container', ...ctr },
+          select));
       if (req.method === 'PUT') {
         if (!(runtime || user?.is_admin)) return error(res, 403, 'Forbidden');
         const attrs = parseJson<{ container?: Record<string, unknown> }>(body)?.container;
@@ -175,7 +179,8 @@ export class FakeArvados {
 
   #who(token: string): FakeUser | undefined {
     if (token === '') return undefined;
-    if (token === this.#rootToken) return { uuid: 'zzzzz-tpzed-000000000000000', token, is_admin: true };
+    if (token === this.#rootToken) return { uuid: 'zzzzz-tpzed-000000000000000', token,
+        is_admin: true };
     return this.users.get(token);
   }
 
@@ -186,7 +191,9 @@ export class FakeArvados {
   }
 }
 
-function pick(record: Record<string, unknown>, select: string[] | undefined): Record<string, unknown> {
+type Fields = Record<string, unknown>;
+
+function pick(record: Fields, select: string[] | undefined): Fields {
   const { runtime_token: _, ...visible } = record;
   if (!select) return visible;
   const out: Record<string, unknown> = { kind: visible.kind };
@@ -205,10 +212,12 @@ function parseJson<T>(text: string | null): T | undefined {
 
 function json(res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value);
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+  res.writeHead(status, { 'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(body) });
   res.end(body);
 }
 
 function error(res: ServerResponse, status: number, message: string): void {
-  json(res, status, { errors: [message], error_token: `${Date.now()}+${randomBytes(4).toString('hex')}` });
+  json(res, status, { errors: [message],
+      error_token: `${Date.now()}+${randomBytes(4).toString('hex')}` });
 }

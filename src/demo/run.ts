@@ -119,7 +119,8 @@ export function runSsh(
     let stderr = '';
     child.stdout.on('data', (d) => { stdout += d; });
     child.stderr.on('data', (d) => { stderr += d; });
-    child.once('error', (err) => reject(new Error(`cannot run ssh (install openssh-client): ${err.message}`)));
+    child.once('error', (err) =>
+        reject(new Error(`cannot run ssh (install openssh-client): ${err.message}`)));
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
 }

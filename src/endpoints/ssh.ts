@@ -38,7 +38,8 @@ export async function handleSsh(up: UpgradeRequest, uuid: string, ctx: GatewayCo
   } catch (err) {
     const gerr = asGatewayError(err);
     if (!(err instanceof GatewayError)) log.error({ err }, 'ssh request failed');
-    else if (gerr.status >= 500) log.warn({ status: gerr.status, err: gerr.message }, 'ssh refused');
+    else if (gerr.status >= 500) log.warn({ status: gerr.status, err: gerr.message },
+        'ssh refused');
     else log.info({ status: gerr.status, err: gerr.message }, 'ssh refused');
     ctx.metrics.requests.labels('ssh', `error_${gerr.status}`).inc();
     ctx.metrics.requestDuration.labels('ssh').observe((performance.now() - started) / 1000);
@@ -107,7 +108,8 @@ async function connectSsh(
 /** checkRunning throws the error a user sees for a container that is not running. */
 export function checkRunning(ctr: Container): void {
   if (ctr.state === 'Queued' || ctr.state === 'Locked') {
-    throw new GatewayError(503, `container is not running yet (state is ${JSON.stringify(ctr.state)})`);
+    throw new GatewayError(503,
+        `container is not running yet (state is ${JSON.stringify(ctr.state)})`);
   }
   if (ctr.state !== 'Running') {
     throw new GatewayError(410, `container has ended (state is ${JSON.stringify(ctr.state)})`);
@@ -152,7 +154,8 @@ async function checkUpgradeAnswer(answer: UpgradeAnswer, socket: Duplex): Promis
       `unexpected status ${answer.status} ${answer.reason} ${JSON.stringify(text)}`);
   }
   const h = answer.head.headers;
-  if ((h.upgrade ?? '').toLowerCase() !== 'ssh' || (h.connection ?? '').toLowerCase() !== 'upgrade') {
+  if ((h.upgrade ?? '').toLowerCase() !== 'ssh'
+      || (h.connection ?? '').toLowerCase() !== 'upgrade') {
     throw new GatewayError(502, 'bad upgrade');
   }
 }

@@ -192,5 +192,6 @@ function safePath(target: string): string | undefined {
 
 function remoteOf(socket: Socket): string {
   const address = socket.remoteAddress ?? '';
-  return address.includes(':') ? `[${address}]:${socket.remotePort}` : `${address}:${socket.remotePort}`;
+  return address.includes(':') ? `[${address}]:${socket.remotePort}`
+      : `${address}:${socket.remotePort}`;
 }

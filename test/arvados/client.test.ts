@@ -39,7 +39,8 @@ test('API errors keep their status and message', async () => {
 test('a stalled API times out with a 502 that names no secret', async () => {
   api.stallMs = 1000;
   try {
-    await assert.rejects(client.currentUser('secret-token-x', 'r'), (err: Error & { status: number }) =>
+    await assert.rejects(client.currentUser('secret-token-x', 'r'),
+        (err: Error & { status: number }) =>
       err.status === 502 && err.message === 'Arvados API request failed: timeout' &&
       !err.message.includes('secret-token-x'));
     assert.ok(outcomes.includes('users.current unreachable'));

@@ -6,7 +6,8 @@ const CR = 'zzzzz-xvhdp-0123456789abcde';
 
 test('log targets are split into request, path and no_forward', () => {
   assert.deepEqual(parseLogTarget(`/arvados/v1/container_requests/${CR}/log`),
-    { cr: CR, path: '', pathAndQuery: `/arvados/v1/container_requests/${CR}/log`, noForward: false });
+    { cr: CR, path: '', pathAndQuery: `/arvados/v1/container_requests/${CR}/log`,
+        noForward: false });
   const t = parseLogTarget(`/arvados/v1/container_requests/${CR}/log/x/stderr.txt?no_forward=true`);
   assert.equal(t.path, '/x/stderr.txt');
   assert.equal(t.noForward, true);

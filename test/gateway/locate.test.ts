@@ -28,7 +28,8 @@ function locator(opts: { loopback?: boolean; peers?: string[]; held?: boolean } 
   return { locate, warnings };
 }
 
-test('a direct address in the allowed networks is dialled directly, even with a tunnel', async () => {
+test('a direct address in the allowed networks is dialled directly, even with a tunnel', async () =>
+    {
   const { locate } = locator({ held: true });
   assert.deepEqual(await locate('10.1.2.3:4567'), { kind: 'direct', host: '10.1.2.3', port: 4567 });
   assert.deepEqual(await locate('worker:1'), { kind: 'direct', host: '10.9.9.9', port: 1 });
@@ -50,10 +51,12 @@ test('127.0.0.1 means tunnel-only unless single-host mode is on', async () => {
 test('tunnel addresses: held here, forwarded to a known peer, or refused', async () => {
   assert.equal((await locator({ held: true }).locate('tunnel http://10.0.0.2:8443/')).kind,
     'tunnel');
-  const peer = await locator({ peers: ['http://10.0.0.2:8443'] }).locate('tunnel http://10.0.0.2:8443/');
+  const withPeer = locator({ peers: ['http://10.0.0.2:8443'] });
+  const peer = await withPeer.locate('tunnel http://10.0.0.2:8443/');
   assert.equal(peer.kind, 'peer');
   const { locate, warnings } = locator();
-  await assert.rejects(locate('tunnel http://evil.example:80/'), { status: 503, message: INVALID_ENDPOINT });
+  await assert.rejects(locate('tunnel http://evil.example:80/'), { status: 503,
+      message: INVALID_ENDPOINT });
   await assert.rejects(locate('tunnel file:///etc/passwd'), { message: INVALID_ENDPOINT });
   assert.equal(warnings.length, 2);
   await assert.rejects(locate('tunnel http://10.0.0.1:8443/'), { message: TUNNEL_DOWN });

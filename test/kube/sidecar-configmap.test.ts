@@ -60,7 +60,8 @@ test('a dropped watch and a 410 Gone are recovered from', async () => {
   await waitFor(() => sidecar.ctx.config.current?.shellAccess.user === true, 15_000);
   kube.expireWatches();
   kube.compact();
-  kube.put('cluster-config', { 'config.yml': cluster.configText({ shellAccess: { Admin: false } }) });
+  kube.put('cluster-config',
+      { 'config.yml': cluster.configText({ shellAccess: { Admin: false } }) });
   await waitFor(() => sidecar.ctx.config.current?.shellAccess.admin === false, 15_000);
 });
 
