@@ -184,6 +184,15 @@ export class Stream extends Duplex {
 
   [kData](piece: Buffer): void {
     if (this.#reset || this.destroyed) return;
+    // A consumer that is waiting takes the frame's bytes as they are: queueing would copy them
+    // only to hand them over on the next line.
+    if (this.#wantRead && this.#queue.empty) {
+      this.#wantRead = this.push(piece);
+      if (this.destroyed) return;
+      this.#unacked -= piece.length;
+      this.#updateWindow();
+      return;
+    }
     this.#queue.add(piece);
     if (this.#wantRead) this.#drain();
   }
