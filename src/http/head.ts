@@ -35,13 +35,10 @@ export function readHead(socket: Duplex, timeoutMs: number, initial?: Buffer): P
     const timer = setTimeout(() => finish(new GatewayError(408, 'timeout reading request head')),
       timeoutMs);
 
+    let detach = () => {};
     const finish = (err?: Error, result?: HeadRead) => {
       clearTimeout(timer);
-      socket.removeListener('data', onData);
-      socket.removeListener('end', onEnd);
-      socket.removeListener('error', onEnd);
-      socket.removeListener('close', onEnd);
-      socket.pause();
+      detach();
       if (err) reject(err);
       else resolve(result!);
     };
@@ -85,11 +82,7 @@ export function readHead(socket: Duplex, timeoutMs: number, initial?: Buffer): P
     const onEnd = () => finish(new GatewayError(400, 'connection closed before the head ended'));
 
     if (buf.length > 0 && tryParse()) return;
-    socket.on('data', onData);
-    socket.on('end', onEnd);
-    socket.on('error', onEnd);
-    socket.on('close', onEnd);
-    socket.resume();
+    detach = follow(socket, onData, onEnd);
   });
 }
 
@@ -129,13 +122,10 @@ export function readBody(
     let have = rest.length;
     const timer = setTimeout(() => finish(new GatewayError(408, 'timeout reading request body')),
       timeoutMs);
+    let detach = () => {};
     const finish = (err?: Error) => {
       clearTimeout(timer);
-      socket.removeListener('data', onData);
-      socket.removeListener('end', onEnd);
-      socket.removeListener('error', onEnd);
-      socket.removeListener('close', onEnd);
-      socket.pause();
+      detach();
       if (err) return reject(err);
       const all = Buffer.concat(chunks);
       resolve({ body: all.subarray(0, length), rest: all.subarray(length) });
@@ -146,10 +136,23 @@ export function readBody(
       if (have >= length) finish();
     };
     const onEnd = () => finish(new GatewayError(400, 'connection closed before the body ended'));
-    socket.on('data', onData);
-    socket.on('end', onEnd);
-    socket.on('error', onEnd);
-    socket.on('close', onEnd);
-    socket.resume();
+    detach = follow(socket, onData, onEnd);
   });
+}
+
+// follow reads a socket into onData until onEnd; the result stops reading and leaves the
+// socket paused, so bytes that arrive later stay in it for whoever reads next.
+function follow(socket: Duplex, onData: (chunk: Buffer) => void, onEnd: () => void): () => void {
+  socket.on('data', onData);
+  socket.on('end', onEnd);
+  socket.on('error', onEnd);
+  socket.on('close', onEnd);
+  socket.resume();
+  return () => {
+    socket.removeListener('data', onData);
+    socket.removeListener('end', onEnd);
+    socket.removeListener('error', onEnd);
+    socket.removeListener('close', onEnd);
+    socket.pause();
+  };
 }
