@@ -1,7 +1,7 @@
 // Reads the cluster config (and the root token file) from disk and re-reads them when they
 // change. Polling, not inotify: a mounted ConfigMap or Secret changes by swapping a symlink,
 // which inotify on the file itself does not report.
-import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
+import { readFileSync, statSync, watchFile, unwatchFile, type Stats } from 'node:fs';
 import type { Logger } from '../log.ts';
 import type { ClusterConfigStore } from './cluster-config.ts';
 
@@ -14,7 +14,9 @@ export function watchConfigFile(
   log: Logger,
   onResult: (ok: boolean) => void = () => {},
 ): () => void {
+  let loaded = '';
   const load = () => {
+    loaded = signature(path);
     let text: string;
     try {
       text = readFileSync(path, 'utf8');
@@ -33,13 +35,34 @@ export function watchConfigFile(
         || now.size !== before.size) load();
   };
   watchFile(path, { interval: POLL_MS }, onChange);
+  // The watcher takes its first look a moment after the read above, and an edit made in between
+  // is never reported as a change: look once more after its first polls.
+  const recheck = setTimeout(() => {
+    if (signature(path) !== loaded) load();
+  }, 2 * POLL_MS);
+  recheck.unref();
   // Only this listener: other watchers of the same file in this process keep theirs.
-  return () => unwatchFile(path, onChange);
+  return () => {
+    clearTimeout(recheck);
+    unwatchFile(path, onChange);
+  };
+}
+
+// signature is what the watcher compares, as one string; empty when the file cannot be read.
+function signature(path: string): string {
+  try {
+    const s = statSync(path);
+    return `${s.mtimeMs}:${s.ino}:${s.size}`;
+  } catch {
+    return '';
+  }
 }
 
 /** watchTokenFile keeps the store's root token in step with a mounted Secret file. */
 export function watchTokenFile(path: string, store: ClusterConfigStore, log: Logger): () => void {
+  let loaded = '';
   const load = () => {
+    loaded = signature(path);
     try {
       store.setRootTokenOverride(readFileSync(path, 'utf8'));
     } catch (err) {
@@ -50,5 +73,13 @@ export function watchTokenFile(path: string, store: ClusterConfigStore, log: Log
   };
   load();
   watchFile(path, { interval: POLL_MS }, load);
-  return () => unwatchFile(path, load);
+  // The same first-look race as for the config file (see watchConfigFile).
+  const recheck = setTimeout(() => {
+    if (signature(path) !== loaded) load();
+  }, 2 * POLL_MS);
+  recheck.unref();
+  return () => {
+    clearTimeout(recheck);
+    unwatchFile(path, load);
+  };
 }

@@ -60,7 +60,11 @@ export class FakeArvados {
 
   constructor(rootToken: string) {
     this.#rootToken = rootToken;
-    this.#server = createServer((req, res) => void this.#handle(req, res));
+    // A client that goes away mid-body makes reading the body reject: that ends this request,
+    // not the process the fake runs in.
+    this.#server = createServer((req, res) => {
+      this.#handle(req, res).catch(() => res.destroy());
+    });
   }
 
   /** listen starts the server on loopback and returns its base URL. */

@@ -51,6 +51,9 @@ export async function handleTunnel(
   const session = new Session(socket, {
     role: 'server',
     maxStreams: ctx.settings.maxStreamsPerTunnel,
+    // Only this side opens streams. Streams crunch-run opens are never accepted, so each one
+    // kept in the backlog could only hold a full window (256 KiB) of memory until the end.
+    acceptBacklog: 1,
   });
   // The head reader left the socket paused; the session reads from here on.
   socket.resume();

@@ -69,16 +69,21 @@ export function switchingProtocols(upgrade: string, extra: Record<string, string
     `${lines}\r\n`;
 }
 
-/** bearerToken takes the caller's token from Authorization: Bearer/OAuth2 or Basic's password. */
+/**
+ * bearerToken takes the caller's token from Authorization: Bearer/OAuth2 or Basic's password.
+ * A token with anything but visible ASCII is no token: it could not be sent on in a header.
+ */
 export function bearerToken(authorization: string | undefined): string {
   if (!authorization) return '';
+  let token = '';
   const m = /^(Bearer|OAuth2)\s+(\S+)\s*$/i.exec(authorization);
-  if (m) return m[2];
   const basic = /^Basic\s+(\S+)\s*$/i.exec(authorization);
-  if (basic) {
+  if (m) {
+    token = m[2];
+  } else if (basic) {
     const decoded = Buffer.from(basic[1], 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
-    return colon >= 0 ? decoded.slice(colon + 1) : '';
+    token = colon >= 0 ? decoded.slice(colon + 1) : '';
   }
-  return '';
+  return /^[\x21-\x7e]+$/.test(token) ? token : '';
 }
