@@ -13,6 +13,7 @@ import type { Sidecar } from '../src/sidecar.ts';
 import { startCrunchRun, type CrunchRun } from './lib/crunch-run.ts';
 import { startKeepWeb, type KeepWeb } from './lib/keep-web.ts';
 import { buildGo } from '../scripts/build-go.ts';
+import { waitFor } from '../test/lib/wait.ts';
 
 const run = promisify(execFile);
 const LIVE_T = 'zzzzz-dz642-livetunnel00001';
@@ -307,12 +308,4 @@ async function rawGet(port: number, path: string, token: string): Promise<{ stat
   let text = '';
   for await (const chunk of socket) text += chunk;
   return { status: Number(text.split(' ')[1]) };
-}
-
-async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

@@ -14,6 +14,7 @@ import { startCrunchRun, type CrunchRun } from './lib/crunch-run.ts';
 import { buildGo } from '../scripts/build-go.ts';
 import { rawUpgrade } from './lib/upgrade.ts';
 import { containerKey } from '../src/gateway/hmac.ts';
+import { waitFor } from '../test/lib/wait.ts';
 
 const MAIN = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 
@@ -204,12 +205,4 @@ function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

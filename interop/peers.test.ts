@@ -13,6 +13,7 @@ import type { Sidecar } from '../src/sidecar.ts';
 import { startCrunchRun, type CrunchRun } from './lib/crunch-run.ts';
 import { rawUpgrade } from './lib/upgrade.ts';
 import { buildGo } from '../scripts/build-go.ts';
+import { waitFor } from '../test/lib/wait.ts';
 
 const CTR = 'zzzzz-dz642-peerstest000001';
 
@@ -186,11 +187,3 @@ describe('peers from the headless Service', () => {
       { errors: ['container gateway is running but tunnel endpoint is invalid'] });
   });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

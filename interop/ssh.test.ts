@@ -14,6 +14,7 @@ import { containerKey } from '../src/gateway/hmac.ts';
 import { startCrunchRun, type CrunchRun } from './lib/crunch-run.ts';
 import { rawUpgrade } from './lib/upgrade.ts';
 import { buildGo } from '../scripts/build-go.ts';
+import { waitFor } from '../test/lib/wait.ts';
 
 const TUNNELLED = 'zzzzz-dz642-tunnelled000001';
 const DIRECT = 'zzzzz-dz642-direct000000001';
@@ -280,12 +281,4 @@ function selfSigned(dir: string): { key: Buffer; cert: Buffer } {
     '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=mitm'],
         { stdio: 'ignore' });
   return { key: readFileSync(key), cert: readFileSync(cert) };
-}
-
-async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

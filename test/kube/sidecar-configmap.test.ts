@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { LocalCluster } from '../../src/demo/cluster.ts';
 import type { Sidecar } from '../../src/sidecar.ts';
 import { FakeApiServer } from './fake-apiserver.ts';
+import { waitFor } from '../lib/wait.ts';
 
 const cluster = new LocalCluster();
 let kube: FakeApiServer;
@@ -74,11 +75,3 @@ test('a deleted ConfigMap leaves the last good config in force', async () => {
   assert.equal(debug.cluster.systemRootToken, '[redacted]');
   assert.ok(!(await admin('/debug/config')).text.includes(cluster.rootToken));
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

@@ -240,18 +240,7 @@ export function selfSigned(dir: string, name: string): { key: Buffer; cert: Buff
   return { key: readFileSync(key), cert: readFileSync(cert) };
 }
 
-/** waitFor polls cond until it holds or timeoutMs passes. */
-export async function waitFor(
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-  what = 'a condition',
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+export { waitFor } from '../../lib/wait.ts';
 
 /** freePort finds a port that is free on loopback right now. */
 export function freePort(host = '127.0.0.1'): Promise<number> {
