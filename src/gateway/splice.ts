@@ -42,7 +42,20 @@ export function splice(
         result.bytesToClient += upstreamRest.length;
         client.write(upstreamRest);
       }
-      upstream.on('data', (chunk: Buffer) => { result.bytesToClient += chunk.length; });
+      // One read from the gateway's connection decrypts into several TLS records, each its own
+      // chunk: corking until the next tick sends them to the client in one write.
+      let corked = false;
+      const uncork = () => {
+        corked = false;
+        client.uncork();
+      };
+      upstream.on('data', (chunk: Buffer) => {
+        result.bytesToClient += chunk.length;
+        if (corked) return;
+        corked = true;
+        client.cork();
+        process.nextTick(uncork);
+      });
       upstream.pipe(client);
     };
 
