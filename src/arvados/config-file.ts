@@ -14,9 +14,7 @@ export function watchConfigFile(
   log: Logger,
   onResult: (ok: boolean) => void = () => {},
 ): () => void {
-  let loaded = '';
-  const load = () => {
-    loaded = signature(path);
+  return watchPath(path, () => {
     let text: string;
     try {
       text = readFileSync(path, 'utf8');
@@ -28,24 +26,7 @@ export function watchConfigFile(
     }
     const err = store.update(text, `file ${path}`);
     onResult(err === undefined);
-  };
-  load();
-  const onChange = (now: Stats, before: Stats) => {
-    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino
-        || now.size !== before.size) load();
-  };
-  watchFile(path, { interval: POLL_MS }, onChange);
-  // The watcher takes its first look a moment after the read above, and an edit made in between
-  // is never reported as a change: look once more after its first polls.
-  const recheck = setTimeout(() => {
-    if (signature(path) !== loaded) load();
-  }, 2 * POLL_MS);
-  recheck.unref();
-  // Only this listener: other watchers of the same file in this process keep theirs.
-  return () => {
-    clearTimeout(recheck);
-    unwatchFile(path, onChange);
-  };
+  });
 }
 
 // signature is what the watcher compares, as one string; empty when the file cannot be read.
@@ -60,9 +41,7 @@ function signature(path: string): string {
 
 /** watchTokenFile keeps the store's root token in step with a mounted Secret file. */
 export function watchTokenFile(path: string, store: ClusterConfigStore, log: Logger): () => void {
-  let loaded = '';
-  const load = () => {
-    loaded = signature(path);
+  return watchPath(path, () => {
     try {
       store.setRootTokenOverride(readFileSync(path, 'utf8'));
     } catch (err) {
@@ -70,16 +49,31 @@ export function watchTokenFile(path: string, store: ClusterConfigStore, log: Log
       if (store.rootTokenError !== reason) log.error({ path, err: reason }, 'root token file');
       store.rootTokenUnreadable(reason);
     }
+  });
+}
+
+// watchPath calls load now and whenever the file changes; the result stops watching.
+function watchPath(path: string, load: () => void): () => void {
+  let loaded = signature(path);
+  const reload = () => {
+    loaded = signature(path);
+    load();
   };
   load();
-  watchFile(path, { interval: POLL_MS }, load);
-  // The same first-look race as for the config file (see watchConfigFile).
+  const onChange = (now: Stats, before: Stats) => {
+    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino
+        || now.size !== before.size) reload();
+  };
+  watchFile(path, { interval: POLL_MS }, onChange);
+  // The watcher takes its first look a moment after the read above, and an edit made in between
+  // is never reported as a change: look once more after its first polls.
   const recheck = setTimeout(() => {
-    if (signature(path) !== loaded) load();
+    if (signature(path) !== loaded) reload();
   }, 2 * POLL_MS);
   recheck.unref();
+  // Only this listener: other watchers of the same file in this process keep theirs.
   return () => {
     clearTimeout(recheck);
-    unwatchFile(path, load);
+    unwatchFile(path, onChange);
   };
 }
