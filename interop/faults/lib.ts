@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { seenBodies } from '../../test/faults/lib/wire.ts';
+export { prng } from '../../test/lib/prng.ts';
 
 const MAIN = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
 
@@ -22,17 +23,6 @@ export interface TestFile {
   sha256: string;
 }
 
-/** prng is mulberry32: small, fast and reproducible from a seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * writeFiles writes one file of random content into dir for each name. Sizes are spread evenly

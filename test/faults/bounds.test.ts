@@ -15,6 +15,7 @@ import { FakeGateway } from './lib/fake-gateway.ts';
 import {
   LeakCheck, assertJsonError, assertTunnelViewsAgree, exchange, metric, scrape, selfSigned,
   seenBodies, upgradeRequest, waitFor,
+  jsonOrUndefined,
 } from './lib/wire.ts';
 
 const BUSY = /^too many .* in progress, try again later$/;
@@ -47,13 +48,7 @@ describe('bounds: full means 503 with Retry-After', () => {
       { headers: { authorization: `Bearer ${alice.token}` } });
     const body = await res.body.text();
     seenBodies.push(body);
-    let json: unknown;
-    try {
-      json = JSON.parse(body);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.statusCode, headers: res.headers, body, json };
+    return { status: res.statusCode, headers: res.headers, body, json: jsonOrUndefined(body) };
   };
   const assertBusy = (answer: Parameters<typeof assertJsonError>[0], message: RegExp = BUSY) => {
     assertJsonError(answer, 503, message);

@@ -15,6 +15,7 @@ import {
   LeakCheck, assertJsonError, envCount, exchange, report, seenBodies, selfSigned, upgradeRequest,
   type RawAnswer,
 } from './lib/wire.ts';
+import { prng } from '../lib/prng.ts';
 
 const CTR = 'zzzzz-dz642-hostile00000001';
 const HEAD_TIMEOUT_MS = 300;
@@ -318,17 +319,6 @@ describe('hostile input at the front door', () => {
   });
 });
 
-// mulberry32, as in the yamux fuzzer: small, fast and reproducible.
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SPICE = ['\r\n', '\r', '\n', '\0', ':', ' ', '%', '%2f', '..', '/', 'Upgrade: tunnel\r\n',
   'Content-Length: 99999999\r\n', 'Transfer-Encoding: chunked\r\n', 'Connection: upgrade\r\n',

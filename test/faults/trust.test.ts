@@ -15,6 +15,7 @@ import { FakeGateway, type TunnelHandle } from './lib/fake-gateway.ts';
 import {
   LeakCheck, Trap, assertJsonError, assertTunnelViewsAgree, exchange, metric, scrape, seenBodies,
   selfSigned, upgradeRequest, waitFor,
+  jsonOrUndefined,
 } from './lib/wire.ts';
 
 type User = ReturnType<LocalCluster['api']['addUser']>;
@@ -38,13 +39,7 @@ describe('trust', () => {
       { headers: { authorization: `Bearer ${token}` } });
     const body = await res.body.text();
     seenBodies.push(body);
-    let json: unknown;
-    try {
-      json = JSON.parse(body);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.statusCode, headers: res.headers, body, json };
+    return { status: res.statusCode, headers: res.headers, body, json: jsonOrUndefined(body) };
   };
   const ssh = (sidecar: Sidecar, uuid: string, token = alice.token) =>
     exchange(sidecar.frontPort, upgradeRequest(sidecar.frontPort,

@@ -91,13 +91,7 @@ export function parseAnswer(buf: Buffer): RawAnswer {
   const rest = buf.subarray(Buffer.byteLength(raw.slice(0, end + 4), 'latin1'));
   const body = (Number.isInteger(length) ? rest.subarray(0, length) : rest).toString('utf8');
   seenBodies.push(body);
-  let json: unknown;
-  try {
-    json = JSON.parse(body);
-  } catch {
-    json = undefined;
-  }
-  return { status, headers, body, json, raw };
+  return { status, headers, body, json: jsonOrUndefined(body), raw };
 }
 
 /**
@@ -314,5 +308,14 @@ export class Trap {
   close(): Promise<void> {
     for (const s of this.#sockets) s.destroy();
     return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
+/** jsonOrUndefined parses an answer body, or gives undefined when it is not JSON. */
+export function jsonOrUndefined(body: string): unknown {
+  try {
+    return JSON.parse(body);
+  } catch {
+    return undefined;
   }
 }

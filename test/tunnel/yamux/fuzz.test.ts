@@ -12,21 +12,11 @@ import {
 } from '../../../src/tunnel/yamux/const.ts';
 import { encodeHeader, FrameDecoder } from '../../../src/tunnel/yamux/frame.ts';
 import { Session, type Stream } from '../../../src/tunnel/yamux/index.ts';
+import { prng } from '../../lib/prng.ts';
 
 const INPUTS = Number(process.env.YAMUX_FUZZ_INPUTS ?? 20_000);
 const SEED = Number(process.env.YAMUX_FUZZ_SEED ?? 0x5eed);
 
-// mulberry32: small, fast and good enough to drive a fuzzer reproducibly.
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // FakeSocket records what the session writes; input is injected with emit('data').
 class FakeSocket extends Duplex {
