@@ -20,6 +20,19 @@ export function errorBody(message: string): string {
   return JSON.stringify({ errors: [message] }) + '\n';
 }
 
+/** errorsIn reads the messages of an answer in Arvados' JSON error form, if it is one. */
+export function errorsIn(text: string): string | undefined {
+  try {
+    const parsed = JSON.parse(text) as { errors?: unknown };
+    if (Array.isArray(parsed.errors) && typeof parsed.errors[0] === 'string') {
+      return parsed.errors.join('; ');
+    }
+  } catch {
+    // Not JSON.
+  }
+  return undefined;
+}
+
 /** asGatewayError turns anything thrown into a GatewayError without leaking internals. */
 export function asGatewayError(err: unknown): GatewayError {
   if (err instanceof GatewayError) return err;

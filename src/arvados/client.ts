@@ -2,7 +2,7 @@
 // caller's token is passed through for lookups made on the caller's behalf; the root token is
 // used only where the protocol says so (listing container requests, marking a session started).
 import { Agent, request } from 'undici';
-import { GatewayError } from '../errors.ts';
+import { GatewayError, errorsIn } from '../errors.ts';
 
 /** ApiCallObserver is told the outcome and duration of every API call, for metrics. */
 export type ApiCallObserver = (call: string, outcome: string, seconds: number) => void;
@@ -172,15 +172,7 @@ export class ArvadosClient {
 
 /** apiErrorMessage takes the first message of an Arvados JSON error, or describes the status. */
 export function apiErrorMessage(text: string, status: number): string {
-  try {
-    const parsed = JSON.parse(text) as { errors?: unknown };
-    if (Array.isArray(parsed.errors) && typeof parsed.errors[0] === 'string') {
-      return parsed.errors.join('; ');
-    }
-  } catch {
-    // Not JSON: fall through to a generic message.
-  }
-  return `Arvados API answered status ${status}`;
+  return errorsIn(text) ?? `Arvados API answered status ${status}`;
 }
 
 function describe(err: unknown): string {

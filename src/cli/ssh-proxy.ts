@@ -4,6 +4,7 @@
 //     root@zzzzz-dz642-0123456789abcde
 // The token comes from ARVADOS_API_TOKEN, never from the command line (which `ps` shows).
 import type { Duplex } from 'node:stream';
+import { errorsIn } from '../errors.ts';
 import { connectUrl } from '../http/connect.ts';
 import { parseArgs } from 'node:util';
 import { sendUpgrade, readSomeBody } from '../gateway/upgrade-client.ts';
@@ -79,11 +80,6 @@ export async function sshProxy(argv: string[]): Promise<number> {
 
 
 function messageOf(body: Buffer): string {
-  try {
-    const parsed = JSON.parse(body.toString('utf8')) as { errors?: string[] };
-    if (parsed.errors?.length) return parsed.errors.join('; ');
-  } catch {
-    // not JSON
-  }
-  return body.toString('utf8').trim();
+  const text = body.toString('utf8');
+  return errorsIn(text) ?? text.trim();
 }

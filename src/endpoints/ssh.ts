@@ -2,7 +2,7 @@
 // to a byte stream that ends at the SSH server in the container's gateway.
 import type { Duplex } from 'node:stream';
 import type { Container } from '../arvados/client.ts';
-import { GatewayError, asGatewayError } from '../errors.ts';
+import { GatewayError, asGatewayError, errorsIn } from '../errors.ts';
 import { checkRespondAuth, dialGateway } from '../gateway/dial.ts';
 import { TUNNEL_DOWN, type GatewayRoute } from '../gateway/locate.ts';
 import { splice } from '../gateway/splice.ts';
@@ -197,14 +197,8 @@ async function forwardToPeer(
 // would, so its answer is the user's answer.
 async function peerError(answer: UpgradeAnswer, socket: Duplex): Promise<GatewayError> {
   const body = await readSomeBody(socket, answer, 4096, 2000);
-  let message = `peer answered ${answer.status} ${answer.reason}`;
-  try {
-    const parsed = JSON.parse(body.toString('utf8')) as { errors?: string[] };
-    if (typeof parsed.errors?.[0] === 'string') message = parsed.errors.join('; ');
-  } catch {
-    // keep the generic message
-  }
-  return new GatewayError(answer.status, message);
+  return new GatewayError(answer.status,
+    errorsIn(body.toString('utf8')) ?? `peer answered ${answer.status} ${answer.reason}`);
 }
 
 /** connectPeer opens a connection to a peer sidecar's front door. */

@@ -1,7 +1,6 @@
 // The admin listener: health, readiness, metrics and the debug views an operator reads through
 // `kubectl port-forward`. It is a separate port so it is never exposed through the Service.
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { errorBody } from '../errors.ts';
 
 /** AdminViews supplies what the admin endpoints show. */
@@ -59,7 +58,3 @@ export function startAdmin(host: string, port: number, views: AdminViews): Promi
   });
 }
 
-/** addressOf is the port a server listens on. */
-export function portOf(server: Server): number {
-  return (server.address() as AddressInfo).port;
-}
