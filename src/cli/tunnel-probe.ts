@@ -48,7 +48,6 @@ export async function tunnelProbe(argv: string[]): Promise<number> {
   out(`tunnel open; held by ${holder}`);
   if (answer.rest.length > 0) socket.unshift(answer.rest);
   const session = new Session(socket, { role: 'client' });
-  socket.resume();
   const admin = values['admin-url'] ??
     `http://${new URL(holder).host.replace(/:\d+$/, '')}:${values['admin-port'] ?? '9090'}`;
   try {

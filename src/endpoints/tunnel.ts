@@ -55,8 +55,6 @@ export async function handleTunnel(
     // kept in the backlog could only hold a full window (256 KiB) of memory until the end.
     acceptBacklog: 1,
   });
-  // The head reader left the socket paused; the session reads from here on.
-  socket.resume();
   const tunnel: Tunnel = {
     containerUuid: uuid,
     session,

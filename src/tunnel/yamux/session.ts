@@ -94,6 +94,9 @@ export class Session extends EventEmitter {
     socket.on('error', this.#onSocketError);
     socket.on('close', this.#onSocketClose);
     socket.on('drain', this.#onDrain);
+    // A socket that an HTTP head reader paused does not flow again when a 'data' listener is
+    // added: the session owns the socket from here on, so it starts the reading itself.
+    socket.resume();
     if (this.#config.keepAliveIntervalMs > 0) {
       this.#keepAliveTimer = setInterval(this.#keepAlive, this.#config.keepAliveIntervalMs);
       this.#keepAliveTimer.unref();
