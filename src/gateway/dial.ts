@@ -34,7 +34,7 @@ export async function dialGateway(
       throw new GatewayError(503, `proxy error: tunnel: ${(err as Error).message}`);
     }
   } else {
-    transport = tcpConnect({ host: route.host, port: route.port });
+    transport = tcpConnect({ host: route.host, port: route.port, allowHalfOpen: true });
   }
   transport.on('error', () => {});
   const socket = await handshake(transport, timeoutMs);

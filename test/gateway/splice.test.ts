@@ -1,0 +1,160 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer, connect, type Socket } from 'node:net';
+import { Duplex, Readable } from 'node:stream';
+import { RELAY_HIGH_WATER, splice } from '../../src/gateway/splice.ts';
+import { waitFor } from '../lib/wait.ts';
+
+// Two ends of one loopback TCP connection, half-closable like the front door's sockets.
+async function socketPair(): Promise<[Socket, Socket]> {
+  const server = createServer({ allowHalfOpen: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  const accepted = once(server, 'connection');
+  const near = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  const [far] = (await accepted) as [Socket];
+  await once(near, 'connect');
+  server.close();
+  return [near, far];
+}
+
+function collect(socket: Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  return once(socket, 'end').then(() => Buffer.concat(chunks));
+}
+
+test('relays both ways intact, holds the gateway\'s bytes until the client speaks', async () => {
+  const [user, clientSide] = await socketPair();
+  const [upstreamSide, gateway] = await socketPair();
+  const up = randomBytes(3 * 1024 * 1024 + 17);
+  const down = randomBytes(5 * 1024 * 1024 + 3);
+  const early: Buffer[] = [];
+  user.on('data', (c: Buffer) => early.push(c));
+
+  const done = splice(clientSide, Buffer.alloc(0), upstreamSide, Buffer.from('rest|'));
+  gateway.write('hello|');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(early.length, 0, 'nothing reaches the client before it has spoken');
+
+  user.removeAllListeners('data');
+  const toUser = collect(user);
+  const toGateway = collect(gateway);
+  user.write(up.subarray(0, 1));
+  user.end(up.subarray(1));
+  gateway.end(down);
+
+  const [gotDown, gotUp] = await Promise.all([toUser, toGateway]);
+  assert.deepEqual(gotUp, up);
+  assert.deepEqual(gotDown, Buffer.concat([Buffer.from('rest|hello|'), down]));
+  const result = await done;
+  assert.equal(result.bytesFromClient, up.length);
+  assert.equal(result.bytesToClient, gotDown.length);
+});
+
+// A client that records each write it is given and can be told to hold its callbacks.
+class RecordingClient extends Duplex {
+  writes: number[] = [];
+  received: Buffer[] = [];
+  #held: Array<() => void> | null = null;
+
+  hold(): void {
+    this.#held = [];
+  }
+
+  release(): void {
+    const held = this.#held ?? [];
+    this.#held = null;
+    for (const cb of held) cb();
+  }
+
+  override _read(): void {}
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    this._writev([{ chunk }], cb);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: () => void): void {
+    this.writes.push(chunks.length);
+    for (const { chunk } of chunks) this.received.push(chunk);
+    if (this.#held) this.#held.push(cb);
+    else cb();
+  }
+}
+
+function sink(): Duplex {
+  return new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
+}
+
+test('records decrypted in one turn of the event loop reach the client in one write', async () => {
+  const client = new RecordingClient();
+  const upstream = sink();
+  const done = splice(client, Buffer.alloc(0), upstream, Buffer.alloc(0));
+  client.push('ssh');
+  await new Promise((r) => setImmediate(r));
+  const records = Array.from({ length: 8 }, (_, i) => Buffer.alloc(16 * 1024, i));
+  // Each record arrives in its own callback, as TLS hands them over, in one turn of the loop.
+  for (const r of records) setImmediate(() => upstream.push(r));
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(client.writes, [8]);
+  assert.deepEqual(Buffer.concat(client.received), Buffer.concat(records));
+  client.destroy();
+  await done;
+});
+
+test('a client that stops reading pauses the gateway side, and nothing is lost', async () => {
+  const client = new RecordingClient();
+  const total = 8 * 1024 * 1024;
+  const chunk = 64 * 1024;
+  let produced = 0;
+  const source = new Readable({
+    read() {
+      if (produced >= total) return void this.push(null);
+      this.push(Buffer.alloc(chunk, (produced / chunk) & 0xff));
+      produced += chunk;
+    },
+  });
+  const upstream = Duplex.from({ readable: source, writable: sink() });
+  const done = splice(client, Buffer.alloc(0), upstream, Buffer.alloc(0));
+  client.hold();
+  client.push('ssh');
+
+  // Pulling stops once the limit is passed: it is checked after each write or batch.
+  let last = -1;
+  await waitFor(async () => {
+    const now = produced;
+    await new Promise((r) => setTimeout(r, 50));
+    const still = now === produced && now === last;
+    last = now;
+    return still;
+  }, 10_000, 'the gateway side to be paused');
+  assert.ok(produced < total, `paused before the end (pulled ${produced} of ${total})`);
+  const readableBuffer = upstream.readableLength + source.readableLength;
+  assert.ok(client.writableLength + readableBuffer <=
+    RELAY_HIGH_WATER + 4 * chunk + 2 * source.readableHighWaterMark,
+  `waiting bytes bounded: ${client.writableLength} in the writer, ${readableBuffer} read ahead`);
+
+  // Let the client take everything: every byte arrives once, in order.
+  const drained = new Promise<void>((resolve) => {
+    const tick = () => {
+      client.release();
+      if (Buffer.concat(client.received).length >= total) resolve();
+      else setTimeout(tick, 1);
+    };
+    tick();
+  });
+  client.on('data', () => {});
+  await drained;
+  const got = Buffer.concat(client.received);
+  assert.equal(got.length, total);
+  for (let off = 0; off < total; off += chunk) {
+    assert.equal(got[off], (off / chunk) & 0xff);
+    assert.equal(got[off + chunk - 1], (off / chunk) & 0xff);
+  }
+  client.destroy();
+  await done;
+});
