@@ -1,5 +1,6 @@
 // Splicing a client's connection to an upstream one (gateway or peer) after an upgrade.
 import type { Duplex } from 'node:stream';
+import { readInto } from './read-into.ts';
 
 /** SpliceResult counts the bytes relayed each way. */
 export interface SpliceResult {
@@ -43,7 +44,8 @@ export function splice(
         result.bytesToClient += upstreamRest.length;
         client.write(upstreamRest);
       }
-      relay(upstream, client, true, (n) => { result.bytesToClient += n; });
+      const count = (n: number) => { result.bytesToClient += n; };
+      if (!relayFromSocket(upstream, client, count)) relay(upstream, client, true, count);
     };
 
     upstream.pause();
@@ -108,4 +110,92 @@ function relay(from: Duplex, to: Duplex, batch: boolean, count: (n: number) => v
     to.end();
   });
   from.resume();
+}
+
+// Bytes toward the client are gathered in slabs of this size; spare slabs are kept for reuse.
+const SLAB_SIZE = 128 * 1024;
+const SPARE_SLABS = 16;
+const spareSlabs: Buffer[] = [];
+// One read buffer serves every socket: each read is copied out before its callback returns.
+const readBuffer = Buffer.allocUnsafeSlow(64 * 1024);
+
+function takeSlab(): Buffer {
+  return spareSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE);
+}
+
+function giveBack(slab: Buffer): void {
+  if (spareSlabs.length < SPARE_SLABS) spareSlabs.push(slab);
+}
+
+/**
+ * relayFromSocket is relay with batch set, for a socket source (the gateway's TLS socket),
+ * without a fresh buffer per read: reads land in one shared buffer (readInto) and are copied
+ * into a reused slab, which leaves as one write on the next setImmediate or when it fills. A
+ * slab comes back for reuse when its write completes. It returns false, having changed
+ * nothing, when the source cannot be read that way.
+ */
+function relayFromSocket(from: Duplex, to: Duplex, count: (n: number) => void): boolean {
+  let slab: Buffer | null = null;
+  let used = 0;
+  let scheduled = false;
+  let stopped = false;
+  let waiting = false;
+
+  const send = () => {
+    if (slab === null || used === 0) return;
+    const sent = slab;
+    to.write(used === sent.length ? sent : sent.subarray(0, used), () => giveBack(sent));
+    slab = null;
+    used = 0;
+  };
+  const resume = () => {
+    waiting = false;
+    stopped = false;
+    from.resume();
+  };
+  const flush = () => {
+    scheduled = false;
+    send();
+    if (!stopped || waiting) return;
+    // More than RELAY_HIGH_WATER waiting means the last write was refused, so 'drain' comes.
+    if (to.writableLength <= RELAY_HIGH_WATER) {
+      resume();
+      return;
+    }
+    waiting = true;
+    to.once('drain', resume);
+  };
+  const take = (data: Buffer) => {
+    count(data.length);
+    let off = 0;
+    while (off < data.length) {
+      if (slab === null) slab = takeSlab();
+      const n = data.copy(slab, used, off);
+      used += n;
+      off += n;
+      if (used === slab.length) send();
+    }
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  };
+
+  const switched = readInto(from, readBuffer, (data) => {
+    take(data);
+    if (to.writableLength + used <= RELAY_HIGH_WATER) return true;
+    stopped = true;
+    return false;
+  });
+  if (!switched) return false;
+  // Whatever the socket read before the switch comes first.
+  for (let chunk = from.read() as Buffer | null; chunk !== null; chunk = from.read()) {
+    take(chunk);
+  }
+  from.once('end', () => {
+    flush();
+    to.end();
+  });
+  from.resume();
+  return true;
 }
