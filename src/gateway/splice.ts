@@ -1,5 +1,6 @@
 // Splicing a client's connection to an upstream one (gateway or peer) after an upgrade.
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { readInto } from './read-into.ts';
 
 /** SpliceResult counts the bytes relayed each way. */
@@ -50,9 +51,18 @@ export function splice(
 
     upstream.pause();
     if (clientRest.length > 0) upstream.write(clientRest);
-    relay(client, upstream, false, (n) => { result.bytesFromClient += n; });
-    if (clientRest.length > 0) startUpstream();
-    else client.once('data', startUpstream);
+    let started = false;
+    const fromClient = (n: number) => {
+      result.bytesFromClient += n;
+      if (started) return;
+      started = true;
+      startUpstream();
+    };
+    if (!relayIntoTls(client, upstream, fromClient)) relay(client, upstream, false, fromClient);
+    if (clientRest.length > 0 && !started) {
+      started = true;
+      startUpstream();
+    }
 
     client.once('finish', onFinish);
     upstream.once('finish', onFinish);
@@ -196,6 +206,40 @@ function relayFromSocket(from: Duplex, to: Duplex, count: (n: number) => void): 
     flush();
     to.end();
   });
+  from.resume();
+  return true;
+}
+
+/**
+ * relayIntoTls is relay for a socket source (the client) and a TLS destination (the gateway),
+ * without a fresh buffer per read. A TLS socket encrypts what it is given before write()
+ * returns, so a read can be handed over from the shared read buffer as it is, provided it is
+ * not queued behind a write still in flight; reading therefore stops while one is, as a
+ * blocking copy loop would. It returns false, having changed nothing, when the destination
+ * is not a TLS socket or the source cannot be read that way.
+ */
+function relayIntoTls(from: Duplex, to: Duplex, count: (n: number) => void): boolean {
+  if (!(to instanceof TLSSocket)) return false;
+  let stopped = false;
+  const resume = () => {
+    if (!stopped) return;
+    stopped = false;
+    from.resume();
+  };
+  const switched = readInto(from, readBuffer, (data) => {
+    count(data.length);
+    const idle = to.writableLength === 0 && to.writableCorked === 0;
+    to.write(idle ? data : Buffer.from(data), resume);
+    if (to.writableLength === 0) return true;
+    stopped = true;
+    return false;
+  });
+  if (!switched) return false;
+  for (let chunk = from.read() as Buffer | null; chunk !== null; chunk = from.read()) {
+    count(chunk.length);
+    to.write(chunk);
+  }
+  from.once('end', () => to.end());
   from.resume();
   return true;
 }

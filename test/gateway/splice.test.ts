@@ -8,6 +8,12 @@ import { RELAY_HIGH_WATER, splice } from '../../src/gateway/splice.ts';
 import { readIntoSupported } from '../../src/gateway/read-into.ts';
 import { createHash } from 'node:crypto';
 import { waitFor } from '../lib/wait.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from
+  'node:tls';
+import { selfSigned } from '../faults/lib/wire.ts';
 
 // Two ends of one loopback TCP connection, half-closable like the front door's sockets.
 async function socketPair(): Promise<[Socket, Socket]> {
@@ -105,6 +111,70 @@ test('a user who stops reading holds the gateway back; every byte arrives in ord
   assert.equal(got.digest('hex'), sent.digest('hex'));
   const result = await done;
   assert.equal(result.bytesToClient, total);
+});
+
+// A TLS gateway on loopback and the sidecar's TLS connection to it, as dialGateway makes it.
+async function tlsPair(): Promise<[TLSSocket, TLSSocket]> {
+  const dir = mkdtempSync(join(tmpdir(), 'splice-'));
+  const { key, cert } = selfSigned(dir, 'gateway');
+  rmSync(dir, { recursive: true });
+  const server = createTlsServer({ key, cert, allowHalfOpen: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  const accepted = once(server, 'secureConnection');
+  const near = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false,
+    allowHalfOpen: true });
+  await once(near, 'secureConnect');
+  const [far] = (await accepted) as [TLSSocket];
+  server.close();
+  return [near, far];
+}
+
+function randomChunks(total: number, seed: number): Buffer[] {
+  const chunks: Buffer[] = [];
+  let left = total;
+  let x = seed;
+  while (left > 0) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    const n = Math.min(left, 1 + (x % 200_000));
+    chunks.push(randomBytes(n));
+    left -= n;
+  }
+  return chunks;
+}
+
+test('into a TLS gateway that reads late, every byte arrives intact, both ways', async () => {
+  const [user, clientSide] = await socketPair();
+  const [upstreamSide, gateway] = await tlsPair();
+  const done = splice(clientSide, Buffer.alloc(0), upstreamSide, Buffer.alloc(0));
+  gateway.pause();
+  const up = randomChunks(24 * 1024 * 1024, 7);
+  const down = randomChunks(8 * 1024 * 1024, 11);
+  const sentUp = createHash('sha256');
+  for (const c of up) sentUp.update(c);
+  const toGateway = createHash('sha256');
+  let gatewayGot = 0;
+  gateway.on('data', (c: Buffer) => { toGateway.update(c); gatewayGot += c.length; });
+  const toUser = collect(user);
+
+  const writing = (async () => {
+    for (const c of up) if (!user.write(c)) await once(user, 'drain');
+    user.end();
+  })();
+  // The gateway reads nothing for a while, so the sidecar's writes toward it back up.
+  await new Promise((r) => setTimeout(r, 300));
+  gateway.resume();
+  for (const c of down) gateway.write(c);
+  await writing;
+  await once(gateway, 'end');
+  gateway.end();
+
+  assert.equal(gatewayGot, up.reduce((n, c) => n + c.length, 0));
+  assert.equal(toGateway.digest('hex'), sentUp.digest('hex'));
+  assert.deepEqual(await toUser, Buffer.concat(down));
+  const result = await done;
+  assert.equal(result.bytesFromClient, gatewayGot);
 });
 
 // A client that records each write it is given and can be told to hold its callbacks.
