@@ -123,8 +123,8 @@ async function tlsPair(): Promise<[TLSSocket, TLSSocket]> {
   await once(server, 'listening');
   const { port } = server.address() as { port: number };
   const accepted = once(server, 'secureConnection');
-  const near = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false,
-    allowHalfOpen: true });
+  const tcp = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  const near = tlsConnect({ socket: tcp, rejectUnauthorized: false });
   await once(near, 'secureConnect');
   const [far] = (await accepted) as [TLSSocket];
   server.close();
