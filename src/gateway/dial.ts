@@ -25,7 +25,10 @@ export async function dialGateway(
   let transport: Duplex;
   if (route.kind === 'tunnel') {
     try {
-      transport = route.tunnel.session.open();
+      const stream = route.tunnel.session.open();
+      // TLS copies what it reads from the stream as it arrives (see Stream.lendReads).
+      stream.lendReads();
+      transport = stream;
     } catch (err) {
       if ((err as { code?: string }).code === 'ERR_YAMUX_TOO_MANY_STREAMS') {
         throw new GatewayError(503, 'too many streams open on this container\'s tunnel, ' +

@@ -1,7 +1,7 @@
 // Splicing a client's connection to an upstream one (gateway or peer) after an upgrade.
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
-import { readInto } from './read-into.ts';
+import { readInto } from '../net/read-into.ts';
 
 /** SpliceResult counts the bytes relayed each way. */
 export interface SpliceResult {

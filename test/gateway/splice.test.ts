@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { Duplex, Readable } from 'node:stream';
 import { RELAY_HIGH_WATER, splice } from '../../src/gateway/splice.ts';
-import { readIntoSupported } from '../../src/gateway/read-into.ts';
+import { readIntoSupported } from '../../src/net/read-into.ts';
 import { createHash } from 'node:crypto';
 import { waitFor } from '../lib/wait.ts';
 import { mkdtempSync, rmSync } from 'node:fs';

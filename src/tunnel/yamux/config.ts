@@ -16,6 +16,12 @@ export interface SessionOptions {
   acceptBacklog?: number;
   /** maxStreams caps the streams open at once; unset means no cap. */
   maxStreams?: number;
+  /**
+   * readInPlace (default true) reads a net.Socket into one buffer shared by all sessions
+   * instead of a fresh buffer per read; the socket then emits no 'data' events. false keeps
+   * them, for code that watches the socket itself.
+   */
+  readInPlace?: boolean;
 }
 
 /** SessionConfig is SessionOptions with every default filled in. */
@@ -26,6 +32,7 @@ export interface SessionConfig {
   readonly maxStreamWindow: number;
   readonly acceptBacklog: number;
   readonly maxStreams: number;
+  readonly readInPlace: boolean;
 }
 
 /** DEFAULT_KEEPALIVE_INTERVAL_MS is the keepalive period when none is given. */
@@ -57,6 +64,9 @@ export function resolveConfig(options: SessionOptions): SessionConfig {
   const acceptBacklog = integer(
     'acceptBacklog', options.acceptBacklog, DEFAULT_ACCEPT_BACKLOG, 1, Number.MAX_SAFE_INTEGER,
   );
+  if (options.readInPlace !== undefined && typeof options.readInPlace !== 'boolean') {
+    throw new TypeError('yamux: readInPlace must be a boolean');
+  }
   const maxStreams = integer(
     'maxStreams', options.maxStreams, Number.POSITIVE_INFINITY, 1, Number.MAX_SAFE_INTEGER,
   );
@@ -67,6 +77,7 @@ export function resolveConfig(options: SessionOptions): SessionConfig {
     maxStreamWindow,
     acceptBacklog,
     maxStreams,
+    readInPlace: options.readInPlace ?? true,
   };
 }
 

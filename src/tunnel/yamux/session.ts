@@ -3,6 +3,7 @@
 // Behaviour follows hashicorp/yamux so that Go peers (crunch-run) interoperate.
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
+import { readInto } from '../../net/read-into.ts';
 import { resolveConfig, type SessionConfig, type SessionOptions } from './config.ts';
 import {
   FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, GO_AWAY_INTERNAL_ERROR, GO_AWAY_NORMAL,
@@ -26,6 +27,10 @@ interface PendingPing {
   resolve: (rttMs: number) => void;
   reject: (err: Error) => void;
 }
+
+// One read buffer serves every session: each read is parsed, and its payload delivered or
+// copied, before the next read can land in it.
+const sharedReadBuffer = Buffer.allocUnsafeSlow(64 * 1024);
 
 /**
  * Session multiplexes streams over one socket, which it owns and closes. Events: 'close'
@@ -60,6 +65,8 @@ export class Session extends EventEmitter {
   #bytesIn = 0;
   #bytesOut = 0;
   #corked = false;
+  // Set while the payload being delivered is a view of sharedReadBuffer.
+  #lent = false;
   #keepAliveTimer: NodeJS.Timeout | null = null;
   #keepAliveInFlight = false;
   // One timer for all drain waits, restarted with refresh() rather than allocated per write.
@@ -89,14 +96,11 @@ export class Session extends EventEmitter {
     // batched per tick by cork() already, so Nagle only adds delay.
     const tcp = socket as Duplex & { setNoDelay?: (noDelay?: boolean) => unknown };
     if (typeof tcp.setNoDelay === 'function') tcp.setNoDelay(true);
-    socket.on('data', this.#onSocketData);
     socket.on('end', this.#onSocketEnd);
     socket.on('error', this.#onSocketError);
     socket.on('close', this.#onSocketClose);
     socket.on('drain', this.#onDrain);
-    // A socket that an HTTP head reader paused does not flow again when a 'data' listener is
-    // added: the session owns the socket from here on, so it starts the reading itself.
-    socket.resume();
+    this.#startReading(socket);
     if (this.#config.keepAliveIntervalMs > 0) {
       this.#keepAliveTimer = setInterval(this.#keepAlive, this.#config.keepAliveIntervalMs);
       this.#keepAliveTimer.unref();
@@ -315,6 +319,31 @@ export class Session extends EventEmitter {
     );
   };
 
+  // A socket reads into the buffer all sessions share (see net/read-into.ts), and a frame's
+  // payload is handed to its stream as a view of it, lent until the delivery returns. Other
+  // transports emit 'data' as usual. Either way the session owns the socket from here on: a
+  // socket that an HTTP head reader paused does not flow again on its own, so it is resumed.
+  #startReading(socket: Duplex): void {
+    const inPlace = this.#config.readInPlace && readInto(socket, sharedReadBuffer, (data) => {
+      this.#lent = true;
+      try {
+        this.#onSocketData(data);
+      } finally {
+        this.#lent = false;
+      }
+      return true;
+    });
+    if (!inPlace) {
+      socket.on('data', this.#onSocketData);
+    } else {
+      // Bytes read past the HTTP head before the switch are the session's first bytes.
+      for (let c = socket.read() as Buffer | null; c !== null; c = socket.read()) {
+        this.#onSocketData(c);
+      }
+    }
+    socket.resume();
+  }
+
   #onSocketData = (chunk: Buffer | string): void => {
     if (this.#closed) return;
     const buf = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
@@ -433,7 +462,7 @@ export class Session extends EventEmitter {
     this.#bytesIn += piece.length;
     const stream = this.#rx;
     if (stream === null) return;
-    stream[kData](piece);
+    stream[kData](piece, this.#lent);
     if (!last) return;
     this.#rx = null;
     if (this.#rxFin && this.#streams.get(stream.id) === stream) this.#remoteFin(stream);

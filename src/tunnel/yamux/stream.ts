@@ -63,13 +63,15 @@ class InboundQueue {
     return this.#head === this.#items.length;
   }
 
-  add(piece: Buffer): void {
+  /** add queues a piece; a lent one (a view of a buffer that will be reused) is copied. */
+  add(piece: Buffer, lent: boolean): void {
     const len = piece.length;
     this.bytes += len;
     if (len >= COPY_BELOW) {
       this.#tailStart = -1;
       // A view keeps its whole backing chunk alive; keep it only when it is most of the chunk.
-      this.#items.push(len * 2 >= piece.buffer.byteLength ? piece : Buffer.from(piece));
+      const keep = !lent && len * 2 >= piece.buffer.byteLength;
+      this.#items.push(keep ? piece : Buffer.from(piece));
       return;
     }
     let slab = this.#slab;
@@ -143,6 +145,7 @@ export class Stream extends Duplex {
   #reset = false;
   #released = false;
   #pending: PendingWrite | null = null;
+  #lendable = false;
 
   /** The constructor is for Session only; get streams from open() and accept(). */
   constructor(session: Session, id: number, link: StreamLink, flags: number) {
@@ -182,19 +185,41 @@ export class Stream extends Duplex {
     return true;
   }
 
-  [kData](piece: Buffer): void {
+  /**
+   * lendReads tells the stream that every 'data' listener it has is done with a chunk when it
+   * returns (a TLS socket layered on the stream copies it in). Chunks may then be views of
+   * the session's read buffer, delivered without a copy.
+   */
+  lendReads(): void {
+    this.#lendable = true;
+  }
+
+  [kData](piece: Buffer, lent = false): void {
     if (this.#reset || this.destroyed) return;
     // A consumer that is waiting takes the frame's bytes as they are: queueing would copy them
-    // only to hand them over on the next line.
-    if (this.#wantRead && this.#queue.empty) {
+    // only to hand them over on the next line. A lent piece may only go where it is emitted
+    // to 'data' listeners at once, not kept in the Readable's buffer.
+    if (this.#wantRead && this.#queue.empty && (!lent || this.#emitsAtOnce())) {
       this.#wantRead = this.push(piece);
       if (this.destroyed) return;
       this.#unacked -= piece.length;
       this.#updateWindow();
       return;
     }
-    this.#queue.add(piece);
+    this.#queue.add(piece, lent);
     if (this.#wantRead) this.#drain();
+  }
+
+  // Whether push() would emit a chunk to 'data' listeners before returning, rather than keep
+  // it in the Readable's buffer: flowing, nothing buffered, and not inside _read (where
+  // Readable defers emitting). Only then may a lent chunk be pushed.
+  #emitsAtOnce(): boolean {
+    if (!this.#lendable || this.readableFlowing !== true || this.readableLength !== 0) {
+      return false;
+    }
+    if (this.listenerCount('data') === 0) return false;
+    const state = (this as unknown as { _readableState?: { sync?: unknown } })._readableState;
+    return state?.sync === false;
   }
 
   [kWindow](delta: number): boolean {

@@ -118,7 +118,10 @@ export class FakeGateway {
     }
     const received = [answer.raw];
     if (answer.rest.length > 0) socket.unshift(answer.rest);
-    const session = new Session(socket, { role: 'client', keepAliveIntervalMs: 0 });
+    // received taps the socket's 'data' events, which a session reading in place would stop.
+    const session = new Session(socket, {
+      role: 'client', keepAliveIntervalMs: 0, readInPlace: false,
+    });
     socket.on('data', (d: Buffer) => received.push(d));
     socket.resume();
     const handle: TunnelHandle = {

@@ -12,6 +12,7 @@ describe('yamux session options', () => {
       maxStreamWindow: 262_144,
       acceptBacklog: 256,
       maxStreams: Number.POSITIVE_INFINITY,
+      readInPlace: true,
     });
     assert.equal(resolveConfig({ role: 'server' }).client, false);
     assert.equal(resolveConfig({ role: 'server', keepAliveIntervalMs: 0 }).keepAliveIntervalMs, 0);
@@ -19,6 +20,7 @@ describe('yamux session options', () => {
 
   it('rejects values that cannot work', () => {
     assert.throws(() => resolveConfig({ role: 'peer' as 'client' }), TypeError);
+    assert.throws(() => resolveConfig({ role: 'client', readInPlace: 1 as never }), TypeError);
     assert.throws(() => resolveConfig({ role: 'client', maxStreamWindow: 65_536 }), RangeError);
     assert.throws(() => resolveConfig({ role: 'client', maxStreamWindow: 2 ** 32 }), RangeError);
     assert.throws(

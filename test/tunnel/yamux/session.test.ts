@@ -411,7 +411,8 @@ describe('yamux session: limits', () => {
   });
 
   it('stops the sender at the window while the reader does not read', T, async () => {
-    const { client, server, serverSocket } = await sessionPair();
+    // The tap below reads the server's socket, so the session must leave its 'data' events.
+    const { client, server, serverSocket } = await sessionPair({}, { readInPlace: false });
     // Count Data payload as it comes off the wire, independent of the session's bookkeeping.
     let wireData = 0;
     const tap = new FrameDecoder({
@@ -493,7 +494,8 @@ describe('yamux session: keepalive', () => {
   it('stays up while the peer answers keepalive pings', T, async () => {
     // A generous reply limit: this test is about answering, not about a loaded machine's speed.
     const opts = { keepAliveIntervalMs: 20, connectionWriteTimeoutMs: 5000 };
-    const { client, server, serverSocket } = await sessionPair(opts, opts);
+    const { client, server, serverSocket } =
+      await sessionPair(opts, { ...opts, readInPlace: false });
     let pings = 0;
     const tap = new FrameDecoder({
       onFrame: (type, flags) => {
