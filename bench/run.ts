@@ -300,7 +300,7 @@ class Bench {
         await this.throughput({
           id: `tunnel-${dir}-${streams}`,
           title: `Tunnel SSH ${way}, ${streams} stream${streams > 1 ? 's' : ''} (${size})`,
-          unit: 'MB/s', better: 'higher',
+          unit: 'MB/s', better: 'higher', budget: { op: '>=', value: 1.2, of: 'ratio' },
         }, TUNNEL, streams, dir);
       }
     }
@@ -313,7 +313,7 @@ class Bench {
       const way = dir === 'up' ? 'client→gateway' : 'gateway→client';
       await this.throughput({
         id: `direct-${dir}-1`, title: `Direct SSH ${way}, 1 stream (${size})`,
-        unit: 'MB/s', better: 'higher',
+        unit: 'MB/s', better: 'higher', budget: { op: '>=', value: 1, of: 'ratio' },
       }, DIRECT, 1, dir);
     }
   }
@@ -335,7 +335,7 @@ class Bench {
     }
     this.record({
       id: 'log-download', title: `Log download through tunnel (${mb(bytes)})`,
-      unit: 'MB/s', better: 'higher',
+      unit: 'MB/s', better: 'higher', budget: { op: '>=', value: 1, of: 'ratio' },
     }, samples.sidecar, samples.go);
   }
 
@@ -383,9 +383,11 @@ class Bench {
     }
     const n = this.sizes.rttSamples.toLocaleString('en-US');
     this.record({ id: 'rtt-p50', title: `Round trip 64 B via tunnel, p50 (${n} samples)`,
-      unit: 'µs', better: 'lower' }, p50.sidecar, p50.go);
+      unit: 'µs', better: 'lower', budget: { op: '<=', value: 1, of: 'ratio' } },
+    p50.sidecar, p50.go);
     this.record({ id: 'rtt-p99', title: `Round trip 64 B via tunnel, p99 (${n} samples)`,
-      unit: 'µs', better: 'lower' }, p99.sidecar, p99.go);
+      unit: 'µs', better: 'lower', budget: { op: '<=', value: 1, of: 'ratio' } },
+    p99.sidecar, p99.go);
   }
 
   /** openTunnels opens n tunnels to a side with the tunnels client and returns it. */
@@ -553,6 +555,8 @@ async function main(): Promise<void> {
     process.removeListener('SIGTERM', onSignal);
   }
   const notes = standingNotes(bench);
+  const judged = bench.lines.filter((l) => l.pass !== undefined);
+  const missed = judged.filter((l) => !l.pass).map((l) => l.id);
   const results = {
     mode: opts.smoke ? 'smoke' : opts.profile ? 'profile' : 'full',
     started_at: new Date(started).toISOString(),
@@ -563,6 +567,7 @@ async function main(): Promise<void> {
     sidecar_node_flags: opts.nodeFlags,
     sidecar_main: opts.sidecarMain,
     lines: bench.lines,
+    budgets: { judged: judged.length, met: judged.length - missed.length, missed },
     notes,
     open_files_limits: bench.limits,
     processes: bench.group.started,
@@ -571,8 +576,10 @@ async function main(): Promise<void> {
   writeFileSync(opts.out, JSON.stringify(results, null, 2) + '\n');
   const markdown = markdownTable(bench.lines, notes);
   writeFileSync(opts.out.replace(/\.json$/, '') + '.md', markdown + '\n');
-  process.stdout.write(`\n${textTable(bench.lines)}\n\nMarkdown for the README:\n\n` +
-    `${markdown}\n\nresults: ${opts.out}\n`);
+  const verdict = `budgets: ${judged.length - missed.length} of ${judged.length} met` +
+    (missed.length > 0 ? `; missed: ${missed.join(', ')}` : '');
+  process.stdout.write(`\n${textTable(bench.lines)}\n\n${verdict}\n\n` +
+    `Markdown for the README:\n\n${markdown}\n\nresults: ${opts.out}\n`);
   if (summary) {
     process.stdout.write(`\n${summary}\n`);
     writeFileSync(opts.out.replace(/\.json$/, '') + '-summary.txt', summary + '\n');

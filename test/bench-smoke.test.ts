@@ -105,6 +105,16 @@ describe('bench tables', () => {
     assert.equal(median([4, 1, 3, 2]), 2.5);
   });
 
+  test('a ratio budget judges sidecar ÷ Go, not the figure', () => {
+    const spec = { id: 'r', title: 'R', unit: 'MB/s', better: 'higher' as const,
+      budget: { op: '>=' as const, value: 1.2, of: 'ratio' as const } };
+    const slow = makeLine(spec, [500], [450]);
+    assert.equal(slow.pass, false);
+    assert.match(markdownTable([slow]), /≥ 1\.20× Go MISSED/);
+    assert.equal(makeLine(spec, [600], [450]).pass, true);
+    assert.equal(makeLine(spec, [600], [0]).pass, false);
+  });
+
   test('a Go figure of zero gives no ratio rather than infinity', () => {
     const line = makeLine({ id: 'y', title: 'Y', unit: 'MiB', better: 'lower' }, [1], [0]);
     assert.equal(line.ratio, null);

@@ -5,10 +5,14 @@
 /** Better says which direction of a figure is the good one. */
 export type Better = 'higher' | 'lower';
 
-/** Budget is a limit the sidecar's figure must meet: at most (≤) or at least (≥) value. */
+/**
+ * Budget is a limit the sidecar must meet: at most (≤) or at least (≥) value, applied to its
+ * own figure, or with `of: 'ratio'` to sidecar ÷ Go (1.2 meaning 1.2 times Go's figure).
+ */
 export interface Budget {
   op: '<=' | '>=';
   value: number;
+  of?: 'figure' | 'ratio';
 }
 
 /** LineSpec describes one line of the table before it is measured. */
@@ -55,7 +59,9 @@ export function makeLine(
     ...spec, sidecar: s, go: g, ratio: g === 0 ? null : s / g, samples: { sidecar, go },
   };
   if (spec.budget) {
-    line.pass = spec.budget.op === '<=' ? s <= spec.budget.value : s >= spec.budget.value;
+    const b = spec.budget;
+    const judged = b.of === 'ratio' ? line.ratio : s;
+    line.pass = judged !== null && (b.op === '<=' ? judged <= b.value : judged >= b.value);
   }
   if (note !== undefined) line.note = note;
   return line;
@@ -74,7 +80,9 @@ export function formatNumber(n: number): string {
 function budgetText(line: LineResult): string {
   if (!line.budget) return '';
   const op = line.budget.op === '<=' ? '≤' : '≥';
-  return `${op} ${formatNumber(line.budget.value)} ${line.pass ? 'ok' : 'MISSED'}`;
+  const limit = line.budget.of === 'ratio'
+    ? `${line.budget.value.toFixed(2)}× Go` : formatNumber(line.budget.value);
+  return `${op} ${limit} ${line.pass ? 'ok' : 'MISSED'}`;
 }
 
 function cells(line: LineResult): string[] {
