@@ -126,8 +126,11 @@ function relay(from: Duplex, to: Duplex, batch: boolean, count: (n: number) => v
 const SLAB_SIZE = 128 * 1024;
 const SPARE_SLABS = 16;
 const spareSlabs: Buffer[] = [];
-// One read buffer serves every socket: each read is copied out before its callback returns.
-const readBuffer = Buffer.allocUnsafeSlow(64 * 1024);
+// One read buffer per direction serves every session: each read is used or copied before its
+// callback returns. The directions have their own, so that a write made from one direction's
+// callback can never land a read of the other in the bytes it is still passing on.
+const gatewayReads = Buffer.allocUnsafeSlow(64 * 1024);
+const clientReads = Buffer.allocUnsafeSlow(64 * 1024);
 
 function takeSlab(): Buffer {
   return spareSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE);
@@ -191,7 +194,7 @@ function relayFromSocket(from: Duplex, to: Duplex, count: (n: number) => void): 
     }
   };
 
-  const switched = readInto(from, readBuffer, (data) => {
+  const switched = readInto(from, gatewayReads, (data) => {
     take(data);
     if (to.writableLength + used <= RELAY_HIGH_WATER) return true;
     stopped = true;
@@ -230,7 +233,7 @@ function relayIntoTls(from: Duplex, to: Duplex, count: (n: number) => void): boo
     stopped = false;
     from.resume();
   };
-  const switched = readInto(from, readBuffer, (data) => {
+  const switched = readInto(from, clientReads, (data) => {
     count(data.length);
     const idle = to.writableLength === 0 && to.writableCorked === 0;
     to.write(idle ? data : Buffer.from(data), resume);
