@@ -54,20 +54,28 @@ export function splice(
     let started = false;
     const fromClient = (n: number) => {
       result.bytesFromClient += n;
+      start();
+    };
+    const start = () => {
       if (started) return;
       started = true;
       startUpstream();
     };
     if (!relayIntoTls(client, upstream, fromClient)) relay(client, upstream, false, fromClient);
-    if (clientRest.length > 0 && !started) {
-      started = true;
-      startUpstream();
-    }
+    if (clientRest.length > 0) start();
+    // A client that ends without a byte has no head left to read: let the gateway's bytes go.
+    client.once('end', start);
 
     client.once('finish', onFinish);
     upstream.once('finish', onFinish);
-    client.once('close', finish);
-    upstream.once('close', finish);
+    // A side that closes after ending both ways cleanly has nothing left to lose, while the
+    // other may still be writing out the last bytes it sent; only other closes end it all.
+    const onClose = (side: Duplex) => () => {
+      if (side.readableEnded && side.writableFinished) return;
+      finish();
+    };
+    client.once('close', onClose(client));
+    upstream.once('close', onClose(upstream));
     client.on('error', finish);
     upstream.on('error', finish);
   });

@@ -177,6 +177,38 @@ test('into a TLS gateway that reads late, every byte arrives intact, both ways',
   assert.equal(result.bytesFromClient, gatewayGot);
 });
 
+test('a user who ends first still gets everything the gateway sends after, read late', async () => {
+  const [user, clientSide] = await socketPair();
+  const [upstreamSide, gateway] = await socketPair();
+  const done = splice(clientSide, Buffer.alloc(0), upstreamSide, Buffer.alloc(0));
+  gateway.resume();
+  user.pause();
+  user.end('x');
+  await new Promise((r) => setTimeout(r, 100));
+  // More than the kernel buffers hold, so the tail waits in the sidecar when the gateway ends.
+  const down = randomBytes(24 * 1024 * 1024);
+  gateway.end(down);
+  await new Promise((r) => setTimeout(r, 500));
+  const got = collect(user);
+  user.resume();
+  assert.deepEqual(await got, down);
+  const result = await done;
+  assert.equal(result.bytesToClient, down.length);
+});
+
+test('a user who ends without a byte gets the gateway\'s answer, and the session ends', async () => {
+  const [user, clientSide] = await socketPair();
+  const [upstreamSide, gateway] = await socketPair();
+  const done = splice(clientSide, Buffer.alloc(0), upstreamSide, Buffer.alloc(0));
+  gateway.on('end', () => gateway.end('bye'));
+  gateway.resume();
+  const got = collect(user);
+  user.end();
+  assert.equal((await got).toString(), 'bye');
+  const result = await done;
+  assert.equal(result.bytesFromClient, 0);
+});
+
 // A client that records each write it is given and can be told to hold its callbacks.
 class RecordingClient extends Duplex {
   writes: number[] = [];
