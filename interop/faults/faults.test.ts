@@ -21,7 +21,7 @@ import { startKeepWeb, type KeepWeb } from '../lib/keep-web.ts';
 import { FakeApiServer } from '../../test/kube/fake-apiserver.ts';
 import {
   LeakCheck, assertJsonError, assertTunnelViewsAgree, envCount, exchange, freePort, metric, report,
-  scrape, seenBodies, selfSigned, upgradeRequest, waitFor,
+  scrape, seenBodies, selfSigned, tlsRelay, upgradeRequest, waitFor,
 } from '../../test/faults/lib/wire.ts';
 import { logGet, sshCat, type Received } from './lib.ts';
 
@@ -348,28 +348,16 @@ describe('faults with real peers', () => {
   });
 
   test('a relay with its own certificate before the real crunch-run: 502 on logs', async () => {
-    const pem = selfSigned(cluster.dir, 'relay');
-    const { createServer: createTlsServer, connect: tlsConnect } = await import('node:tls');
-    const [host, port] = crunchRuns[1].gatewayAddress.split(':');
-    let relayed = 0;
-    const relay = createTlsServer(pem, (s) => {
-      relayed++;
-      const up = tlsConnect({ host, port: Number(port), rejectUnauthorized: false });
-      s.pipe(up).pipe(s);
-      s.on('error', () => up.destroy());
-      up.on('error', () => s.destroy());
-    });
-    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const relay = await tlsRelay(selfSigned(cluster.dir, 'relay'), crunchRuns[1].gatewayAddress);
     closers.push(() => relay.close());
     const uuid = newUuid('mitm');
-    cluster.api.addContainer(uuid, 'Running', [alice],
-      `127.0.0.1:${(relay.address() as { port: number }).port}`);
+    cluster.api.addContainer(uuid, 'Running', [alice], relay.address);
     // The relay forwards to the gateway of DIRECT, which refuses another container's UUID and a
     // proof made for another certificate alike: nothing of its log may come through.
     const log = await logGet(logUrl(sidecar, uuid, 'small.bin'), alice.token);
     assertJsonError({ status: log.status!, headers: { 'content-type': 'application/json' },
       json: JSON.parse(log.body!) }, 502, 'bad X-Arvados-Authorization-Response header');
-    assert.ok(relayed >= 1);
+    assert.ok(relay.relayed() >= 1);
     injected('MITM relay');
   });
 

@@ -202,17 +202,14 @@ function relayFromSocket(from: Duplex, to: Duplex, count: (n: number) => void): 
     }
   };
 
-  const switched = readInto(from, gatewayReads, (data) => {
+  const earlier = readInto(from, gatewayReads, (data) => {
     take(data);
     if (to.writableLength + used <= RELAY_HIGH_WATER) return true;
     stopped = true;
     return false;
   });
-  if (!switched) return false;
-  // Whatever the socket read before the switch comes first.
-  for (let chunk = from.read() as Buffer | null; chunk !== null; chunk = from.read()) {
-    take(chunk);
-  }
+  if (earlier === null) return false;
+  for (const chunk of earlier) take(chunk);
   from.once('end', () => {
     flush();
     to.end();
@@ -241,7 +238,7 @@ function relayIntoTls(from: Duplex, to: Duplex, count: (n: number) => void): boo
     stopped = false;
     from.resume();
   };
-  const switched = readInto(from, clientReads, (data) => {
+  const earlier = readInto(from, clientReads, (data) => {
     count(data.length);
     const idle = to.writableLength === 0 && to.writableCorked === 0;
     to.write(idle ? data : Buffer.from(data), resume);
@@ -251,8 +248,8 @@ function relayIntoTls(from: Duplex, to: Duplex, count: (n: number) => void): boo
     stopped = true;
     return false;
   });
-  if (!switched) return false;
-  for (let chunk = from.read() as Buffer | null; chunk !== null; chunk = from.read()) {
+  if (earlier === null) return false;
+  for (const chunk of earlier) {
     count(chunk.length);
     to.write(chunk);
   }

@@ -54,21 +54,24 @@ function findFields(): Fields | null {
 export const readIntoSupported = fields !== null;
 
 /**
- * readInto makes socket read into buffer from now on, calling onRead for each read. Bytes
- * the socket had already buffered are not touched: read() them out first. It returns false,
- * having changed nothing, when the socket is not open or this Node lacks the mechanism.
+ * readInto makes socket read into buffer from now on, calling onRead for each read. It
+ * returns the bytes the socket had already read before the switch, which come first, as
+ * buffers of their own; or null, having changed nothing, when the socket is not open or this
+ * Node lacks the mechanism.
  */
-export function readInto(socket: unknown, buffer: Buffer, onRead: OnRead): boolean {
-  if (fields === null || !(socket instanceof Socket) || switched.has(socket)) return false;
-  if (socket.destroyed || socket.connecting) return false;
+export function readInto(socket: unknown, buffer: Buffer, onRead: OnRead): Buffer[] | null {
+  if (fields === null || !(socket instanceof Socket) || switched.has(socket)) return null;
+  if (socket.destroyed || socket.connecting) return null;
   const internals = socket as unknown as Internals;
   const handle = internals._handle;
-  if (!handle || typeof handle.useUserBuffer !== 'function') return false;
+  if (!handle || typeof handle.useUserBuffer !== 'function') return null;
   switched.add(socket);
   const call = (n: number, buf: Buffer) => onRead(buf.subarray(0, n));
   internals[fields.buffer] = buffer;
   internals[fields.callback] = call;
   internals[fields.generator] = null;
   handle.useUserBuffer(buffer);
-  return true;
+  const earlier: Buffer[] = [];
+  for (let c = socket.read() as Buffer | null; c !== null; c = socket.read()) earlier.push(c);
+  return earlier;
 }

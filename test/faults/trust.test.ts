@@ -14,7 +14,7 @@ import { INVALID_ENDPOINT } from '../../src/gateway/locate.ts';
 import { FakeGateway, type TunnelHandle } from './lib/fake-gateway.ts';
 import {
   LeakCheck, Trap, assertJsonError, assertTunnelViewsAgree, exchange, metric, scrape, seenBodies,
-  selfSigned, upgradeRequest, waitFor,
+  selfSigned, tlsRelay, upgradeRequest, waitFor,
   jsonOrUndefined,
 } from './lib/wire.ts';
 
@@ -135,25 +135,13 @@ describe('trust', () => {
       const real = await gw.listen('127.0.0.1');
       // The relay terminates TLS with a certificate of its own and speaks TLS to the gateway:
       // what it forwards is the sidecar's proof, bound to the relay's certificate.
-      const { createServer: createTlsServer, connect: tlsConnect } = await import('node:tls');
-      const relayPem = selfSigned(cluster.dir, 'relay');
-      let relayed = 0;
-      const relay = createTlsServer(relayPem, (s) => {
-        relayed++;
-        const [host, port] = real.split(':');
-        const up = tlsConnect({ host, port: Number(port), rejectUnauthorized: false });
-        s.pipe(up).pipe(s);
-        s.on('error', () => up.destroy());
-        up.on('error', () => s.destroy());
-      });
-      await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+      const relay = await tlsRelay(selfSigned(cluster.dir, 'relay'), real);
       closers.push(() => relay.close());
-      cluster.api.addContainer(uuid, 'Running', [alice],
-        `127.0.0.1:${(relay.address() as { port: number }).port}`);
+      cluster.api.addContainer(uuid, 'Running', [alice], relay.address);
       const log = await getLog(sidecar, uuid);
       assertJsonError(log, 502, 'bad X-Arvados-Authorization-Response header');
       assertJsonError(await ssh(sidecar, uuid), 502, /^unexpected status 401 /);
-      assert.ok(relayed >= 2, 'the relay was not in the path');
+      assert.ok(relay.relayed() >= 2, 'the relay was not in the path');
       // The gateway saw the proof and refused it: it was made for another certificate.
       assert.ok(gw.requests.length >= 2);
     });

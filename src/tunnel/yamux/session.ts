@@ -324,7 +324,7 @@ export class Session extends EventEmitter {
   // transports emit 'data' as usual. Either way the session owns the socket from here on: a
   // socket that an HTTP head reader paused does not flow again on its own, so it is resumed.
   #startReading(socket: Duplex): void {
-    const inPlace = this.#config.readInPlace && readInto(socket, sharedReadBuffer, (data) => {
+    const onRead = (data: Buffer): boolean => {
       this.#lent = true;
       try {
         this.#onSocketData(data);
@@ -332,15 +332,11 @@ export class Session extends EventEmitter {
         this.#lent = false;
       }
       return true;
-    });
-    if (!inPlace) {
-      socket.on('data', this.#onSocketData);
-    } else {
-      // Bytes read past the HTTP head before the switch are the session's first bytes.
-      for (let c = socket.read() as Buffer | null; c !== null; c = socket.read()) {
-        this.#onSocketData(c);
-      }
-    }
+    };
+    const earlier = this.#config.readInPlace ? readInto(socket, sharedReadBuffer, onRead) : null;
+    // Bytes read past the HTTP head before the switch are the session's first bytes.
+    if (earlier === null) socket.on('data', this.#onSocketData);
+    else for (const chunk of earlier) this.#onSocketData(chunk);
     socket.resume();
   }
 

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 
 /** seenBodies collects every answer body the helpers read, for the leak check. */
 export const seenBodies: string[] = [];
@@ -222,6 +223,38 @@ export class LeakCheck {
     }
     this.scan(`the admin views of :${adminPort}`, views);
   }
+}
+
+/** TlsRelay is a man in the middle started by tlsRelay, and how often it was used. */
+export interface TlsRelay {
+  /** address is host:port to give out as the gateway's address. */
+  address: string;
+  /** relayed counts the connections it has forwarded. */
+  relayed(): number;
+  close(): void;
+}
+
+/**
+ * tlsRelay terminates TLS with a certificate of its own on loopback and speaks TLS to target
+ * (host:port): what it forwards is the sidecar's proof, bound to the relay's certificate.
+ */
+export async function tlsRelay(pem: { key: Buffer; cert: Buffer }, target: string):
+  Promise<TlsRelay> {
+  const [host, port] = target.split(':');
+  let relayed = 0;
+  const server = createTlsServer(pem, (s) => {
+    relayed++;
+    const up = tlsConnect({ host, port: Number(port), rejectUnauthorized: false });
+    s.pipe(up).pipe(s);
+    s.on('error', () => up.destroy());
+    up.on('error', () => s.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    address: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    relayed: () => relayed,
+    close: () => server.close(),
+  };
 }
 
 /** selfSigned makes a throwaway key and certificate with openssl. */
