@@ -4,14 +4,18 @@
 import { request as httpRequest, type IncomingMessage, type ServerResponse,
   type ClientRequest, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Container, ContainerRequest } from '../arvados/client.ts';
 import type { ClusterConfig } from '../arvados/cluster-config.ts';
 import { GatewayError, asGatewayError, sendError } from '../errors.ts';
 import { checkRespondAuth, dialGateway, type GatewayConnection } from '../gateway/dial.ts';
 import { TUNNEL_DOWN, type GatewayRoute } from '../gateway/locate.ts';
+import { sendRequest, type OutgoingRequest } from '../gateway/request.ts';
+import { bodyOf, type BodyReader } from '../http/body.ts';
 import { bearerToken } from '../http/upgrade.ts';
 import type { Logger } from '../log.ts';
+import { relayFromSocket } from '../net/socket-relay.ts';
 import { HOP_BY_HOP } from './passthrough.ts';
 import { UUID, clusterConfig, isContainerUuid, requestId, type GatewayContext } from
   './context.ts';
@@ -199,12 +203,58 @@ async function proxyToGateway(
     'x-arvados-authorization': conn.requestAuth,
     host: ctrUuid,
   });
-  const upstream = httpRequest({
-    method: lr.req.method, path: lr.pathAndQuery, headers,
-    createConnection: () => conn.socket,
-  });
-  await relay(lr, upstream, ctx, (res) => {
-    checkRespondAuth(res.headers['x-arvados-authorization-response'] as string | undefined, conn);
+  headers.connection = 'close';
+  const socket = conn.socket;
+  // A client that goes away takes the gateway connection with it, at any point.
+  const hangUp = () => socket.destroy();
+  lr.res.once('close', hangUp);
+  try {
+    const answer = await sendRequest(socket, {
+      method: lr.req.method ?? 'GET', target: lr.pathAndQuery, headers, body: bodyToSend(lr.req),
+    }, ctx.settings.dialTimeoutMs);
+    checkRespondAuth(answer.head.headers['x-arvados-authorization-response'], conn);
+    const body = bodyOf(lr.req.method ?? 'GET', answer.status, answer.head.headers);
+    lr.res.writeHead(answer.status, answer.reason,
+      responseHeaders(answer.head.rawHeaders, lr.ownHeaders));
+    await relayBody(socket, answer.rest, body, lr.res);
+  } finally {
+    lr.res.removeListener('close', hangUp);
+    socket.destroy();
+  }
+}
+
+// bodyToSend says how a client's request body goes on: as it came when its length is known,
+// chunked when it came chunked; a request with neither has no body (RFC 9112 section 6.3).
+function bodyToSend(req: IncomingMessage): OutgoingRequest['body'] {
+  if (req.headers['content-length'] !== undefined) return { from: req, chunked: false };
+  if (req.headers['transfer-encoding'] !== undefined) return { from: req, chunked: true };
+  return undefined;
+}
+
+// relayBody passes the answer's body on to the client and ends the answer, or cuts the
+// client's connection when the gateway's body breaks off: the head has gone out, so an
+// error can no longer be said any other way.
+function relayBody(socket: Duplex, rest: Buffer, body: BodyReader, res: ServerResponse):
+  Promise<void> {
+  return new Promise((resolve) => {
+    let settled = false;
+    let clientGone = false;
+    const settle = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      if (!clientGone && err) res.destroy();
+      else if (!clientGone) res.end();
+      resolve();
+    };
+    res.once('close', () => {
+      clientGone = true;
+      settle();
+    });
+    // Whatever ends the gateway connection before the body does breaks the body off.
+    const broken = () => settle(new Error('gateway connection closed'));
+    socket.once('close', broken);
+    relayFromSocket(socket, res, { body, rest, done: settle });
+    if (socket.destroyed) broken();
   });
 }
 
@@ -325,16 +375,10 @@ function requestHeaders(req: IncomingMessage): OutgoingHttpHeaders {
 }
 
 /**
- * relay sends the client's body upstream and the upstream answer back, streaming both ways
- * with back-pressure. check may refuse the answer (with a GatewayError) before any of it is
- * passed on.
+ * relay sends the client's body to a peer or keep-web and the answer back, streaming both
+ * ways with back-pressure.
  */
-function relay(
-  lr: LogRequest,
-  upstream: ClientRequest,
-  ctx: GatewayContext,
-  check: (res: IncomingMessage) => void = () => {},
-): Promise<void> {
+function relay(lr: LogRequest, upstream: ClientRequest, ctx: GatewayContext): Promise<void> {
   return new Promise((resolve, reject) => {
     let answered = false;
     const timer = setTimeout(() => {
@@ -352,14 +396,7 @@ function relay(
     upstream.once('response', (res) => {
       clearTimeout(timer);
       answered = true;
-      try {
-        check(res);
-      } catch (err) {
-        res.destroy();
-        upstream.destroy();
-        return reject(err);
-      }
-      const headers = responseHeaders(res, lr.ownHeaders);
+      const headers = responseHeaders(res.rawHeaders, lr.ownHeaders);
       lr.res.writeHead(res.statusCode ?? 502, res.statusMessage, headers);
       pipeline(res, lr.res).then(resolve, () => {
         upstream.destroy();
@@ -373,15 +410,15 @@ function relay(
 
 // Node takes headers as a flat [name, value, name, value...] list, which keeps upstream's names,
 // order and repeated headers as they were.
-function responseHeaders(res: IncomingMessage, own: Record<string, string>): string[] {
+function responseHeaders(rawHeaders: string[], own: Record<string, string>): string[] {
   const upstreamNames = new Set<string>();
   const out: string[] = [];
-  for (let i = 0; i < res.rawHeaders.length; i += 2) {
-    const name = res.rawHeaders[i];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i];
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || lower === 'x-arvados-authorization-response') continue;
     upstreamNames.add(lower);
-    out.push(name, res.rawHeaders[i + 1]);
+    out.push(name, rawHeaders[i + 1]);
   }
   for (const [name, value] of Object.entries(own)) {
     if (!upstreamNames.has(name.toLowerCase())) out.push(name, value);

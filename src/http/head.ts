@@ -12,6 +12,8 @@ export interface Head {
   /** startLine's three parts: method, target, version (request) or version, status, reason. */
   parts: [string, string, string];
   headers: Record<string, string>;
+  /** rawHeaders lists names and values as sent, alternating, as node:http's rawHeaders does. */
+  rawHeaders: string[];
 }
 
 /** HeadRead is a head, its raw bytes, and whatever arrived after it in the same reads. */
@@ -95,6 +97,7 @@ export function parseHead(text: string): Head {
   }
   const parts: [string, string, string] = [start[0], start[1], start.slice(2).join(' ')];
   const headers: Record<string, string> = {};
+  const rawHeaders: string[] = [];
   for (const line of lines.slice(1)) {
     const colon = line.indexOf(':');
     if (colon <= 0) throw new GatewayError(400, 'malformed header line');
@@ -103,8 +106,9 @@ export function parseHead(text: string): Head {
     if (!TOKEN.test(name)) throw new GatewayError(400, 'malformed header name');
     if (/[\0\r\n]/.test(value)) throw new GatewayError(400, 'malformed header value');
     headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+    rawHeaders.push(line.slice(0, colon), value);
   }
-  return { parts, headers };
+  return { parts, headers, rawHeaders };
 }
 
 /** readBody reads exactly length bytes that follow a head, starting with what is in rest. */

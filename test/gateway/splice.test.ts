@@ -4,7 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { Duplex, Readable } from 'node:stream';
-import { RELAY_HIGH_WATER, splice } from '../../src/gateway/splice.ts';
+import { splice } from '../../src/gateway/splice.ts';
+import { RELAY_HIGH_WATER } from '../../src/net/socket-relay.ts';
 import { readIntoSupported } from '../../src/net/read-into.ts';
 import { createHash } from 'node:crypto';
 import { waitFor } from '../lib/wait.ts';
@@ -254,7 +255,7 @@ test('records decrypted in one turn of the event loop reach the client in one wr
   for (const r of records) setImmediate(() => upstream.push(r));
   await new Promise((r) => setImmediate(r));
   await new Promise((r) => setImmediate(r));
-  assert.deepEqual(client.writes, [8]);
+  assert.equal(client.writes.length, 1, 'one write');
   assert.deepEqual(Buffer.concat(client.received), Buffer.concat(records));
   client.destroy();
   await done;

@@ -1,0 +1,113 @@
+// One HTTP/1.1 request to a container's gateway, on a TLS connection opened for it alone,
+// written and read straight off the socket instead of through node:http. node:http's parser
+// hands the answer's body over one TLS record at a time, each in a fresh buffer; reading it
+// ourselves lets the body be relayed through the shared read buffer of net/socket-relay.ts,
+// which for a large log is most of the cost.
+import type { OutgoingHttpHeaders } from 'node:http';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import { GatewayError } from '../errors.ts';
+import { readHead, type Head } from '../http/head.ts';
+
+/** GatewayAnswer is the head of the gateway's answer and the bytes read after it. */
+export interface GatewayAnswer {
+  status: number;
+  reason: string;
+  head: Head;
+  rest: Buffer;
+}
+
+/** OutgoingRequest is what is sent: the body, if any, is streamed from a client's request. */
+export interface OutgoingRequest {
+  method: string;
+  target: string;
+  headers: OutgoingHttpHeaders;
+  body?: { from: Readable; chunked: boolean };
+}
+
+/**
+ * sendRequest writes the request on socket, streams its body, and reads the answer's head,
+ * skipping interim (1xx) answers. It rejects with a GatewayError: 504 when no head arrives in
+ * timeoutMs, 503 when the gateway closes first (crunch-run may just have exited), 502 for a
+ * malformed head.
+ */
+export async function sendRequest(
+  socket: Duplex,
+  req: OutgoingRequest,
+  timeoutMs: number,
+): Promise<GatewayAnswer> {
+  const headers = { ...req.headers };
+  if (req.body?.chunked) headers['transfer-encoding'] = 'chunked';
+  socket.write(requestHead(req.method, req.target, headers));
+  if (req.body) sendBody(req.body.from, socket, req.body.chunked);
+
+  let rest: Buffer | undefined;
+  for (;;) {
+    let read;
+    try {
+      read = await readHead(socket, timeoutMs, rest);
+    } catch (err) {
+      throw answerError(err as GatewayError);
+    }
+    const [version, code, reason] = read.head.parts;
+    const status = Number(code);
+    if (!/^HTTP\/1\.[01]$/.test(version) || !/^\d{3}$/.test(code)) {
+      throw new GatewayError(502, 'gateway sent a malformed answer head');
+    }
+    if (status === 101) throw new GatewayError(502, 'gateway switched protocols unexpectedly');
+    // RFC 9110 section 15.2: interim answers come before the final one and are dropped.
+    if (status >= 200) return { status, reason, head: read.head, rest: read.rest };
+    rest = read.rest;
+  }
+}
+
+function requestHead(method: string, target: string, headers: OutgoingHttpHeaders): string {
+  if (!/^[!-~]+$/.test(target)) throw new GatewayError(400, 'invalid request target');
+  let head = `${method} ${target} HTTP/1.1\r\n`;
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [String(value)]) {
+      // Headers come from node:http's parser, which refuses these; never pass one on anyway.
+      if (/[\0\r\n]/.test(v)) throw new GatewayError(400, `invalid value in header ${name}`);
+      head += `${name}: ${v}\r\n`;
+    }
+  }
+  return head + '\r\n';
+}
+
+// sendBody streams a request body with back-pressure, in chunked coding when its length was
+// not given (RFC 9112 section 7.1). The socket is not ended: the answer still has to come.
+function sendBody(from: Readable, to: Writable, chunked: boolean): void {
+  from.on('data', (data: Buffer) => {
+    if (data.length === 0) return;
+    if (chunked ? writeChunk(to, data) : to.write(data)) return;
+    from.pause();
+    to.once('drain', () => from.resume());
+  });
+  from.once('end', () => {
+    if (chunked) to.write('0\r\n\r\n');
+  });
+}
+
+function writeChunk(to: Writable, data: Buffer): boolean {
+  to.write(`${data.length.toString(16)}\r\n`);
+  to.write(data);
+  return to.write('\r\n');
+}
+
+// answerError restates readHead's errors, which speak of requests, for the gateway's answer.
+function answerError(err: GatewayError): GatewayError {
+  switch (err.status) {
+    case 408:
+      return new GatewayError(504, 'upstream did not answer in time');
+    case 400:
+      if (/closed before/.test(err.message)) {
+        return new GatewayError(503,
+          'proxy error: gateway closed the connection before answering');
+      }
+      return new GatewayError(502, 'gateway sent a malformed answer head');
+    case 431:
+      return new GatewayError(502, 'gateway sent an answer head that is too large');
+    default:
+      return new GatewayError(502, 'gateway sent a malformed answer head');
+  }
+}

@@ -1,0 +1,181 @@
+// Cutting an HTTP/1.1 message body out of the bytes that follow its head (RFC 9112 section 6):
+// by Content-Length, by chunked transfer coding, or until the connection closes. The gateway
+// uses this where it reads an answer straight off a socket instead of through node:http.
+import { GatewayError } from '../errors.ts';
+
+/** BodyReader passes on the body found in the bytes it is fed. */
+export interface BodyReader {
+  /**
+   * feed calls out with each part of the body found in data, as views of data, and returns
+   * true once the body is complete; bytes after the body's end are ignored. It throws a
+   * GatewayError when the framing is malformed.
+   */
+  feed(data: Buffer, out: (part: Buffer) => void): boolean;
+  /** endsWithSource tells whether the end of the connection is the body's end. */
+  readonly endsWithSource: boolean;
+}
+
+/**
+ * bodyOf picks the framing of a response to a request made with method (RFC 9112 section
+ * 6.3), given its status and lower-cased headers. It throws a 502 for framing that cannot be
+ * trusted, as a proxy must not guess where a body ends.
+ */
+export function bodyOf(method: string, status: number, headers: Record<string, string>):
+  BodyReader {
+  if (method === 'HEAD' || status < 200 || status === 204 || status === 304) {
+    return lengthBody(0);
+  }
+  const coding = headers['transfer-encoding'];
+  if (coding !== undefined) {
+    // Section 6.3, point 4: chunked last means chunked; anything else runs until the close.
+    const codings = coding.toLowerCase().split(',').map((c) => c.trim());
+    return codings[codings.length - 1] === 'chunked' ? chunkedBody() : untilClose();
+  }
+  const length = headers['content-length'];
+  if (length === undefined) return untilClose();
+  // Repeated headers arrive joined with commas; identical values are allowed (section 6.3).
+  const values = new Set(length.split(',').map((v) => v.trim()));
+  const [only] = values;
+  if (values.size !== 1 || !/^\d{1,15}$/.test(only)) {
+    throw new GatewayError(502, 'gateway sent an invalid Content-Length');
+  }
+  return lengthBody(Number(only));
+}
+
+/** lengthBody is a body of exactly length bytes. */
+export function lengthBody(length: number): BodyReader {
+  let left = length;
+  return {
+    endsWithSource: false,
+    feed(data, out) {
+      if (left > 0 && data.length > 0) {
+        const part = data.length <= left ? data : data.subarray(0, left);
+        left -= part.length;
+        out(part);
+      }
+      return left === 0;
+    },
+  };
+}
+
+/** untilClose is a body that runs until the connection ends. */
+export function untilClose(): BodyReader {
+  return {
+    endsWithSource: true,
+    feed(data, out) {
+      if (data.length > 0) out(data);
+      return false;
+    },
+  };
+}
+
+// Where chunkedBody is within the coding. (Type stripping allows no enum.)
+const Chunked = {
+  Size: 0,
+  Extension: 1,
+  SizeLf: 2,
+  Data: 3,
+  DataCr: 4,
+  DataLf: 5,
+  TrailerStart: 6,
+  Trailer: 7,
+  TrailerLf: 8,
+  FinalLf: 9,
+  Done: 10,
+} as const;
+type ChunkedState = typeof Chunked[keyof typeof Chunked];
+
+// Limits on the parts of a chunked coding that are not data, so that a peer cannot make the
+// reader hold or scan without end.
+const MAX_SIZE_DIGITS = 13;
+const MAX_EXTENSION_BYTES = 4096;
+const MAX_TRAILER_BYTES = 64 * 1024;
+
+const CR = 0x0d;
+const LF = 0x0a;
+
+/** chunkedBody decodes the chunked transfer coding (RFC 9112 section 7.1); trailers are dropped. */
+export function chunkedBody(): BodyReader {
+  let state: ChunkedState = Chunked.Size;
+  let size = 0;
+  let digits = 0;
+  let skipped = 0;
+  const bad = (what: string) =>
+    new GatewayError(502, `gateway sent a malformed chunked body: ${what}`);
+  const expect = (byte: number, want: number, next: ChunkedState, what: string) => {
+    if (byte !== want) throw bad(what);
+    return next;
+  };
+
+  return {
+    endsWithSource: false,
+    feed(data, out) {
+      let i = 0;
+      while (i < data.length && state !== Chunked.Done) {
+        if (state === Chunked.Data) {
+          const n = Math.min(size, data.length - i);
+          out(data.subarray(i, i + n));
+          i += n;
+          size -= n;
+          if (size === 0) state = Chunked.DataCr;
+          continue;
+        }
+        const byte = data[i++];
+        switch (state) {
+          case Chunked.Size: {
+            const value = hexValue(byte);
+            if (value >= 0 && digits < MAX_SIZE_DIGITS) {
+              size = size * 16 + value;
+              digits++;
+            } else if (digits > 0 && (byte === 0x3b || byte === 0x20 || byte === 0x09)) {
+              state = Chunked.Extension;
+            } else if (digits > 0 && byte === CR) {
+              state = Chunked.SizeLf;
+            } else {
+              throw bad('chunk size');
+            }
+            break;
+          }
+          case Chunked.Extension:
+            if (byte === CR) state = Chunked.SizeLf;
+            else if (++skipped > MAX_EXTENSION_BYTES) throw bad('chunk extension too long');
+            break;
+          case Chunked.SizeLf:
+            expect(byte, LF, Chunked.Data, 'chunk size line');
+            skipped = 0;
+            digits = 0;
+            state = size === 0 ? Chunked.TrailerStart : Chunked.Data;
+            break;
+          case Chunked.DataCr:
+            state = expect(byte, CR, Chunked.DataLf, 'chunk end');
+            break;
+          case Chunked.DataLf:
+            state = expect(byte, LF, Chunked.Size, 'chunk end');
+            break;
+          case Chunked.TrailerStart:
+            state = byte === CR ? Chunked.FinalLf : Chunked.Trailer;
+            skipped++;
+            break;
+          case Chunked.Trailer:
+            if (byte === CR) state = Chunked.TrailerLf;
+            if (++skipped > MAX_TRAILER_BYTES) throw bad('trailer too long');
+            break;
+          case Chunked.TrailerLf:
+            state = expect(byte, LF, Chunked.TrailerStart, 'trailer line');
+            break;
+          case Chunked.FinalLf:
+            state = expect(byte, LF, Chunked.Done, 'last chunk');
+            break;
+        }
+      }
+      return state === Chunked.Done;
+    },
+  };
+}
+
+function hexValue(byte: number): number {
+  if (byte >= 0x30 && byte <= 0x39) return byte - 0x30;
+  const lower = byte | 0x20;
+  if (lower >= 0x61 && lower <= 0x66) return lower - 0x61 + 10;
+  return -1;
+}
