@@ -50,6 +50,13 @@ export class FakeGateway {
   respond: 'right' | 'wrong' | 'none' = 'right';
   /** hold makes GETs wait until release() is called. */
   hold = false;
+  /**
+   * rawAnswer, when set, replaces the answer to a plain request. It gets the proof header
+   * line (with its CRLF, empty when respond is 'none') and the request's body, and returns
+   * pieces that are written one at a time, a few milliseconds apart, straight onto the
+   * connection, which is then ended.
+   */
+  rawAnswer: ((proof: string, body: Buffer) => Array<string | Buffer>) | null = null;
   /** accepted counts TCP connections accepted by the direct listener. */
   accepted = 0;
   #secret: string;
@@ -198,6 +205,17 @@ export class FakeGateway {
       return;
     }
     if (this.hold) await new Promise<void>((resolve) => this.#held.push(resolve));
+    if (this.rawAnswer) {
+      const body: Buffer[] = [];
+      for await (const chunk of req) body.push(chunk as Buffer);
+      const proof = Object.entries(auth.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      for (const piece of this.rawAnswer(proof, Buffer.concat(body))) {
+        req.socket.write(piece);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      req.socket.end();
+      return;
+    }
     const name = (req.url ?? '').split('?')[0].split('/').pop() ?? '';
     const file = this.files.get(name);
     if (file === undefined) {

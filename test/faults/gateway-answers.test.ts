@@ -1,0 +1,203 @@
+// The sidecar reads a gateway's answer to a log request off the socket itself (see
+// src/gateway/request.ts), so every way HTTP/1.1 lets an answer be framed is tried here, each
+// written in pieces that arrive in separate reads: a client gets the body whole, a JSON error
+// when the head is unusable, or a cut connection when the body breaks off after the head has
+// gone out, never a shortened body that looks complete.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { request } from 'undici';
+import { LocalCluster, urlOf } from '../../src/demo/cluster.ts';
+import type { Sidecar } from '../../src/sidecar.ts';
+import { FakeGateway } from './lib/fake-gateway.ts';
+import { assertJsonError, jsonOrUndefined, selfSigned } from './lib/wire.ts';
+
+describe('gateway answers, however framed', () => {
+  const cluster = new LocalCluster();
+  const gateways: FakeGateway[] = [];
+  let sidecar: Sidecar;
+  let gw: FakeGateway;
+  let url: string;
+  let token: string;
+
+  before(async () => {
+    await cluster.start();
+    const pem = selfSigned(cluster.dir, 'gateway');
+    const alice = cluster.api.addUser('zzzzz-tpzed-alice0000000001');
+    token = alice.token;
+    sidecar = await cluster.startSidecar({});
+    const uuid = 'zzzzz-dz642-answers00000001';
+    cluster.api.addContainer(uuid, 'Running', [alice], `tunnel ${sidecar.ownUrl}`);
+    gw = new FakeGateway({ uuid, systemRootToken: cluster.rootToken, ...pem });
+    gateways.push(gw);
+    await gw.openTunnel(sidecar.frontPort);
+    const cr = [...cluster.api.requests.values()].find((r) => r.container_uuid === uuid)!.uuid;
+    url = `${urlOf(sidecar)}/arvados/v1/container_requests/${cr}/log/${uuid}/stderr.txt`;
+  });
+
+  after(async () => {
+    await Promise.all(gateways.map((g) => g.close()));
+    await cluster.stop();
+  });
+
+  const get = async (method = 'GET', body?: string) => {
+    const res = await request(url, {
+      method: method as 'GET', body,
+      headers: { authorization: `Bearer ${token}` },
+    });
+    return { status: res.statusCode, headers: res.headers, res };
+  };
+  const bytes = async (method = 'GET', body?: string) => {
+    const { status, headers, res } = await get(method, body);
+    return { status, headers, body: Buffer.from(await res.body.arrayBuffer()) };
+  };
+  const getJson = async () => {
+    const { status, headers, body } = await bytes();
+    return { status, headers, json: jsonOrUndefined(body.toString()) };
+  };
+  const pattern = (n: number) => {
+    const data = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) data[i] = (i * 7 + (i >> 9)) & 0xff;
+    return data;
+  };
+
+  test('chunked, with extensions and trailers, split at odd places', async () => {
+    const data = pattern(300_000);
+    const coded = Buffer.concat([
+      Buffer.from('186A0;name=value\r\n'), data.subarray(0, 100_000), Buffer.from('\r\n'),
+      Buffer.from('30d40 \r\n'), data.subarray(100_000), Buffer.from('\r\n'),
+      Buffer.from('0\r\nX-Trailer: yes\r\n\r\n'),
+    ]);
+    gw.rawAnswer = (proof) => [
+      // The head and the body's first byte share a read; the rest comes in odd pieces.
+      Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\n${proof}Transfer-Encoding: chunked\r\n` +
+        'Content-Type: text/plain\r\n\r\n'), coded.subarray(0, 1)]),
+      coded.subarray(1, 4), coded.subarray(4, 100_019), coded.subarray(100_019, 100_030),
+      coded.subarray(100_030),
+    ];
+    const res = await bytes();
+    assert.equal(res.status, 200);
+    assert.equal(res.headers['content-type'], 'text/plain');
+    assert.equal(sha256(res.body), sha256(data));
+  });
+
+  test('interim answers are dropped; the final one passes', async () => {
+    gw.rawAnswer = (proof) => [
+      'HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n',
+      `HTTP/1.1 200 OK\r\n${proof}Content-Length: 5\r\n\r\n`, 'hello',
+    ];
+    const res = await bytes();
+    assert.equal(res.status, 200);
+    assert.equal(res.body.toString(), 'hello');
+    assert.equal(res.headers.link, undefined);
+  });
+
+  test('a body that runs until the close', async () => {
+    const data = pattern(200_000);
+    gw.rawAnswer = (proof) => [`HTTP/1.1 200 OK\r\n${proof}Connection: close\r\n\r\n`,
+      data.subarray(0, 70_000), data.subarray(70_000)];
+    const res = await bytes();
+    assert.equal(res.status, 200);
+    assert.equal(sha256(res.body), sha256(data));
+  });
+
+  test('HEAD and 304 answers have no body, whatever their Content-Length says', async () => {
+    gw.rawAnswer = (proof) => [`HTTP/1.1 200 OK\r\n${proof}Content-Length: 1000\r\n\r\n`];
+    const head = await get('HEAD');
+    assert.equal(head.status, 200);
+    assert.equal(head.headers['content-length'], '1000');
+    await head.res.body.dump();
+    gw.rawAnswer = (proof) => [`HTTP/1.1 304 Not Modified\r\n${proof}ETag: "x"\r\n\r\n`];
+    const notModified = await bytes();
+    assert.equal(notModified.status, 304);
+    assert.equal(notModified.body.length, 0);
+  });
+
+  test('a body cut short after the head: the client\'s connection is cut', async () => {
+    const cases: Array<[string, (proof: string) => Array<string | Buffer>]> = [
+      ['Content-Length', (proof) => [`HTTP/1.1 200 OK\r\n${proof}Content-Length: 100000\r\n\r\n`,
+        Buffer.alloc(70_000, 1)]],
+      ['chunked', (proof) => [`HTTP/1.1 200 OK\r\n${proof}Transfer-Encoding: chunked\r\n\r\n`,
+        '10\r\n0123456789abcdef\r\n', '10\r\n01234']],
+      ['malformed chunk size', (proof) => [
+        `HTTP/1.1 200 OK\r\n${proof}Transfer-Encoding: chunked\r\n\r\n`,
+        '10\r\n0123456789abcdef\r\n', 'zz\r\nnot a size\r\n0\r\n\r\n']],
+      ['chunk without its CRLF', (proof) => [
+        `HTTP/1.1 200 OK\r\n${proof}Transfer-Encoding: chunked\r\n\r\n`,
+        '4\r\nabcdXY0\r\n\r\n']],
+    ];
+    for (const [name, answer] of cases) {
+      gw.rawAnswer = answer;
+      // The head may have gone out or not, depending on when the break is seen.
+      const outcome = await get().then(({ status, res }) => res.body.arrayBuffer()
+        .then(() => `complete with ${status}`, () => 'cut'), () => 'cut');
+      assert.equal(outcome, 'cut', `${name}: the body must not look complete`);
+    }
+  });
+
+  test('heads that cannot be trusted: 502 in Arvados\' error form, nothing passed on', async () => {
+    const cases: Array<[string, string, RegExp]> = [
+      ['two lengths', 'Content-Length: 5\r\nContent-Length: 6\r\n', /invalid Content-Length/],
+      ['a signed length', 'Content-Length: -5\r\n', /invalid Content-Length/],
+      ['not HTTP', 'X', /malformed answer head/],
+    ];
+    for (const [name, lines, message] of cases) {
+      gw.rawAnswer = (proof) => name === 'not HTTP'
+        ? ['SSH-2.0-OpenSSH\r\n\r\n']
+        : [`HTTP/1.1 200 OK\r\n${proof}${lines}\r\n`, 'hello'];
+      const res = await getJson();
+      assertJsonError(res, 502, message);
+    }
+    gw.rawAnswer = () => [];
+    assertJsonError(await getJson(), 503, /^proxy error: gateway closed the connection/);
+  });
+
+  test('the proof is checked on raw answers too', async () => {
+    gw.rawAnswer = () => ['HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n', 'secret'];
+    const res = await getJson();
+    assertJsonError(res, 502, 'bad X-Arvados-Authorization-Response header');
+  });
+
+  test('a request body reaches the gateway, chunked when its length was not given', async () => {
+    let seen: Buffer = Buffer.alloc(0);
+    gw.rawAnswer = (proof, body) => {
+      seen = body;
+      return [`HTTP/1.1 207 Multi-Status\r\n${proof}Content-Length: 2\r\n\r\nok`];
+    };
+    const propfind = '<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>';
+    const res = await bytes('PROPFIND', propfind);
+    assert.equal(res.status, 207);
+    assert.equal(res.body.toString(), 'ok');
+    assert.equal(seen.toString(), propfind);
+
+    const streamed = await request(url, {
+      method: 'PROPFIND' as 'GET',
+      body: Readable.from((async function* () {
+        yield Buffer.from('<?xml version="1.0"?>');
+        await new Promise((r) => setTimeout(r, 10));
+        yield Buffer.from('<propfind xmlns="DAV:"/>');
+      })()),
+      headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(streamed.statusCode, 207);
+    await streamed.body.dump();
+    assert.equal(seen.toString(), '<?xml version="1.0"?><propfind xmlns="DAV:"/>');
+    const last = gw.requests[gw.requests.length - 1];
+    assert.ok(last.rawHeaders.some((h) => /^transfer-encoding: chunked$/i.test(h)),
+      last.rawHeaders.join('\n'));
+  });
+
+  test('the tunnel carries on after all of that', async () => {
+    gw.rawAnswer = null;
+    gw.files.set('stderr.txt', Buffer.from('log data\n'));
+    const res = await bytes();
+    assert.equal(res.status, 200);
+    assert.equal(res.body.toString(), 'log data\n');
+    assert.equal(sidecar.registry.size, 1);
+  });
+});
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
