@@ -20,5 +20,6 @@ COPY src ./src
 # the pod mounts an emptyDir at /tmp under a read-only root filesystem.
 USER 10001:10001
 EXPOSE 8443 9090
-# Exec form: node is PID 1 and receives SIGTERM itself, which starts the drain.
-CMD ["node", "src/main.ts"]
+# Exec form: node is PID 1 and receives SIGTERM itself, which starts the drain. The flag is
+# V8 heap tuning that must be on the command line (src/node-flags.ts).
+CMD ["node", "--initial-heap-size=128", "src/main.ts"]

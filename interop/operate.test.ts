@@ -10,6 +10,7 @@ import { createServer } from 'node:net';
 import { request } from 'undici';
 import { LocalCluster, urlOf } from '../src/demo/cluster.ts';
 import { runSsh } from '../src/demo/run.ts';
+import { NODE_FLAGS } from '../src/node-flags.ts';
 import { startCrunchRun, type CrunchRun } from './lib/crunch-run.ts';
 import { buildGo } from '../scripts/build-go.ts';
 import { rawUpgrade } from './lib/upgrade.ts';
@@ -100,7 +101,8 @@ describe('graceful drain of a sidecar process', () => {
     await buildGo(['crunch-run']);
     await cluster.start();
     const [port, adminPort] = [await freePort(), await freePort()];
-    child = spawn(process.execPath, [MAIN], {
+    // Started as the Dockerfile starts it.
+    child = spawn(process.execPath, [...NODE_FLAGS, MAIN], {
       env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`,
         GATEWAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, ARVADOS_CONFIG: cluster.configPath,
         GATEWAY_CONTROLLER_URL: cluster.apiUrl, GATEWAY_DRAIN_GRACE_SECONDS: '20' },
@@ -136,16 +138,20 @@ describe('graceful drain of a sidecar process', () => {
     assert.equal(result.stdout, 'finished\n', result.stderr);
     assert.equal(await exited, 0);
     assert.match(logs, /"msg":"draining"/);
+    assert.doesNotMatch(logs, /without the sidecar's flags/);
   });
 
   test('a second signal exits at once, without waiting for sessions', async () => {
     const [port, adminPort] = [await freePort(), await freePort()];
+    // Started without NODE_FLAGS: it runs, and says what it lacks.
     const c = spawn(process.execPath, [MAIN], {
       env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`,
         GATEWAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, ARVADOS_CONFIG: cluster.configPath,
         GATEWAY_CONTROLLER_URL: cluster.apiUrl, GATEWAY_ALLOW_LOOPBACK_GATEWAYS: 'true' },
-      stdio: 'ignore',
+      stdio: ['ignore', 'pipe', 'ignore'],
     });
+    let logs = '';
+    c.stdout!.on('data', (d) => { logs += d; });
     const exited = new Promise<number | null>((r) => c.once('exit', (code) => r(code)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)
       .catch(() => undefined))?.status === 200);
@@ -162,6 +168,7 @@ describe('graceful drain of a sidecar process', () => {
       c.kill('SIGTERM');
       assert.equal(await exited, 1);
       assert.notEqual((await session).code, 0);
+      assert.match(logs, /"missing":\["--initial-heap-size=128"\].*without the sidecar's flags/);
     } finally {
       await direct.stop();
     }

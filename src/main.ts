@@ -1,9 +1,10 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-heap-size=128
 // Command line entry: `serve` (the default) runs the sidecar; `demo` runs it end to end with a
 // simulated Arvados and crunch-run; `ssh-proxy` is an OpenSSH ProxyCommand through a sidecar.
 import { setFlagsFromString } from 'node:v8';
 import { loadSettings } from './settings.ts';
 import { createLogger } from './log.ts';
+import { missingNodeFlags } from './node-flags.ts';
 import { Sidecar } from './sidecar.ts';
 
 async function serve(): Promise<void> {
@@ -22,6 +23,11 @@ async function serve(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger(settings.logLevel);
+  const missing = missingNodeFlags();
+  if (missing.length > 0) {
+    log.warn({ missing }, 'node was started without the sidecar\'s flags (src/node-flags.ts): ' +
+      'bulk transfers will spend more CPU time collecting garbage');
+  }
   const sidecar = new Sidecar({ settings, log });
   try {
     await sidecar.start();

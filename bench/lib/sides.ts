@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GO_BIN_DIR } from '../../scripts/build-go.ts';
 import type { LocalCluster } from '../../src/demo/cluster.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { type Proc, type ProcessGroup } from './procs.ts';
 
 /** ROOT is the repository root. */
@@ -52,7 +53,8 @@ let sidecars = 0;
 /** startSidecar starts `node src/main.ts` and waits until it is ready. */
 export async function startSidecar(group: ProcessGroup, opts: SidecarOptions): Promise<Side> {
   const logFile = join(opts.dir, `sidecar-${++sidecars}.log`);
-  const args = [...(opts.nodeFlags ?? [])];
+  // Started as the Dockerfile starts it, with the tuning experiment's flags after.
+  const args = [...NODE_FLAGS, ...(opts.nodeFlags ?? [])];
   if (opts.profileDir !== undefined) {
     args.push('--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`);
   }

@@ -8,10 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { ROOT } from './k8s.ts';
 
 const runFile = promisify(execFile);
 const SCRIPT = join(ROOT, 'scripts', 'docker-build-check.sh');
+const ARGV = ['node', ...NODE_FLAGS, 'src/main.ts'];
+const CMD_LINE = `CMD [${ARGV.map((a) => JSON.stringify(a)).join(', ')}]`;
 
 interface Outcome {
   code: number;
@@ -66,7 +69,7 @@ describe('Dockerfile', () => {
     async () => {
       const { code, output } = await check([]);
       assert.equal(code, 0, output);
-      assert.match(output, /FROM node:24, USER 10001:10001, CMD node src\/main\.ts/);
+      assert.ok(output.includes(`FROM node:24, USER 10001:10001, CMD ${ARGV.join(' ')}`), output);
       assert.match(output, /emulated build: \/app holds node_modules package\.json src /);
       assert.match(output, /ok: GET \/healthz 200/);
       assert.match(output, /ok: GET \/readyz 200/);
@@ -84,9 +87,9 @@ describe('Dockerfile', () => {
     ['a named user', () => edit('USER 10001:10001', 'USER node'), /use a numeric uid/],
     ['the root user', () => edit('USER 10001:10001', 'USER 0'), /USER 0 is root/],
     ['no user', () => edit('USER 10001:10001\n', ''), /no USER: it would run as root/],
-    ['a shell-form CMD', () => edit('CMD ["node", "src/main.ts"]', 'CMD node src/main.ts'),
+    ['a shell-form CMD', () => edit(CMD_LINE, 'CMD node src/main.ts'),
       /use the exec form/],
-    ['a shell wrapper', () => edit('CMD ["node", "src/main.ts"]',
+    ['a shell wrapper', () => edit(CMD_LINE,
       'CMD ["sh", "-c", "node src/main.ts"]'), /no wrapper, node must be PID 1/],
     ['a missing EXPOSE', () => edit('EXPOSE 8443 9090', 'EXPOSE 8443'), /EXPOSE lacks 9090/],
     ['no NODE_ENV', () => edit('ENV NODE_ENV=production\n', ''), /NODE_ENV=production/],
@@ -103,6 +106,14 @@ describe('Dockerfile', () => {
     });
   }
 
+  it('node gets the sidecar\'s flags wherever this repository starts it', async () => {
+    assert.ok(original.includes(CMD_LINE), `the Dockerfile lacks ${CMD_LINE}`);
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8'));
+    assert.equal(pkg.scripts.start, ARGV.join(' '));
+    const main = await readFile(join(ROOT, 'src', 'main.ts'), 'utf8');
+    assert.equal(main.split('\n')[0], `#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  });
+
   it('passes the rules alone with the real Dockerfile', async () => {
     const { code, output } = await check(['--static']);
     assert.equal(code, 0, output);
@@ -110,7 +121,7 @@ describe('Dockerfile', () => {
   });
 
   it('fails when the image\'s process does not come up', async () => {
-    const dir = await variant('bad-command', edit('CMD ["node", "src/main.ts"]',
+    const dir = await variant('bad-command', edit(CMD_LINE,
       'CMD ["node", "src/main.ts", "no-such-command"]'));
     for (const f of ['package.json', 'package-lock.json', 'src']) {
       await cp(join(ROOT, f), join(dir, f), { recursive: true });

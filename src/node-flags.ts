@@ -1,0 +1,23 @@
+// The flags node must be given on its command line to run the sidecar as it was measured.
+// V8 reads them while it sets up the heap, before any of the sidecar's code runs, so they can
+// be neither set from here nor passed in NODE_OPTIONS. Every way of starting the sidecar that
+// this repository ships (the Dockerfile, npm start, main.ts's #! line, the benchmarks) passes
+// them; test/deploy/dockerfile.test.ts holds those to this list.
+
+/**
+ * NODE_FLAGS are node's command-line flags for the sidecar.
+ *
+ * --initial-heap-size: every socket read and TLS record that Node cannot read in place is a
+ * short-lived buffer outside the JavaScript heap. Young-generation collections free them
+ * cheaply, but V8 also runs a full mark-compact of the whole heap whenever such memory grows
+ * past the heap's limit, and a small heap's limit is small: at a few hundred MB/s that was a
+ * full collection every few hundred milliseconds, a third of the sidecar's CPU time. Starting
+ * with a limit of 128 MiB leaves those buffers to the young-generation collections. It is a
+ * limit, not an allocation: the measured RSS stayed the same (npm run bench).
+ */
+export const NODE_FLAGS: readonly string[] = ['--initial-heap-size=128'];
+
+/** missingNodeFlags lists the flags of NODE_FLAGS that node was not started with. */
+export function missingNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
+  return NODE_FLAGS.filter((flag) => !execArgv.includes(flag));
+}
