@@ -99,6 +99,7 @@ export class Passthrough {
     const upstream = this.#base.protocol === 'https:'
       ? tlsConnect({ host, port, servername: host })
       : tcpConnect({ host, port });
+    upstream.setNoDelay(true);
     const lines: string[] = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`);

@@ -37,7 +37,11 @@ export async function dialGateway(
       throw new GatewayError(503, `proxy error: tunnel: ${(err as Error).message}`);
     }
   } else {
-    transport = tcpConnect({ host: route.host, port: route.port, allowHalfOpen: true });
+    const tcp = tcpConnect({ host: route.host, port: route.port, allowHalfOpen: true });
+    // Keystrokes go out at once, as Go's connections send them: Nagle's algorithm would hold
+    // one back until the previous one is acknowledged.
+    tcp.setNoDelay(true);
+    transport = tcp;
   }
   transport.on('error', () => {});
   const socket = await handshake(transport, timeoutMs);

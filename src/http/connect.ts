@@ -15,6 +15,8 @@ export function connectUrl(
     const socket = secure
       ? tlsConnect({ host, port, servername: host, rejectUnauthorized: opts.rejectUnauthorized })
       : tcpConnect({ host, port });
+    // Interactive sessions go through these connections: no waiting for acknowledgements.
+    socket.setNoDelay(true);
     const fail = (err: Error) => {
       clearTimeout(timer);
       socket.destroy();
