@@ -42,8 +42,13 @@ const spareSlabs: Buffer[] = [];
 // One read buffer per direction serves every session: each read is used or copied before its
 // callback returns. The directions have their own, so that a write made from one direction's
 // callback can never land a read of the other in the bytes it is still passing on.
+// A TLS socket hands its reads over one record (16 KiB at most) at a time, whatever the buffer;
+// a client's socket fills what it is given, and each read becomes one TLS write, so a larger
+// buffer means fewer reads and fewer passes through the TLS layer. Against 64 KiB, in A/B runs
+// of npm run bench, client→gateway took 0.9–1.1 instead of 1.1–1.2 CPU s/GB through 8 tunnel
+// streams, and 0.6 instead of 0.9 directly.
 const gatewayReads = Buffer.allocUnsafeSlow(64 * 1024);
-const clientReads = Buffer.allocUnsafeSlow(64 * 1024);
+const clientReads = Buffer.allocUnsafeSlow(256 * 1024);
 
 function takeSlab(): Buffer {
   return spareSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_SIZE);
