@@ -26,9 +26,9 @@ export interface OutgoingRequest {
 
 /**
  * sendRequest writes the request on socket, streams its body, and reads the answer's head,
- * skipping interim (1xx) answers. It rejects with a GatewayError: 504 when no head arrives in
- * timeoutMs, 503 when the gateway closes first (crunch-run may just have exited), 502 for a
- * malformed head.
+ * skipping interim (1xx) answers. It rejects with a GatewayError: 504 when no final head has
+ * arrived within timeoutMs, 503 when the gateway closes first (crunch-run may just have
+ * exited), 502 for a malformed head.
  */
 export async function sendRequest(
   socket: Duplex,
@@ -40,11 +40,13 @@ export async function sendRequest(
   socket.write(requestHead(req.method, req.target, headers));
   if (req.body) sendBody(req.body.from, socket, req.body.chunked);
 
+  // One deadline for the final answer, however many interim ones come before it.
+  const deadline = performance.now() + timeoutMs;
   let rest: Buffer | undefined;
   for (;;) {
     let read;
     try {
-      read = await readHead(socket, timeoutMs, rest);
+      read = await readHead(socket, Math.max(0, deadline - performance.now()), rest);
     } catch (err) {
       throw answerError(err as GatewayError);
     }

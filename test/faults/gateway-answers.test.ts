@@ -20,11 +20,13 @@ describe('gateway answers, however framed', () => {
   let gw: FakeGateway;
   let url: string;
   let token: string;
+  let pem: { key: Buffer; cert: Buffer };
+  let alice: ReturnType<LocalCluster['api']['addUser']>;
 
   before(async () => {
     await cluster.start();
-    const pem = selfSigned(cluster.dir, 'gateway');
-    const alice = cluster.api.addUser('zzzzz-tpzed-alice0000000001');
+    pem = selfSigned(cluster.dir, 'gateway');
+    alice = cluster.api.addUser('zzzzz-tpzed-alice0000000001');
     token = alice.token;
     sidecar = await cluster.startSidecar({});
     const uuid = 'zzzzz-dz642-answers00000001';
@@ -186,6 +188,26 @@ describe('gateway answers, however framed', () => {
     const last = gw.requests[gw.requests.length - 1];
     assert.ok(last.rawHeaders.some((h) => /^transfer-encoding: chunked$/i.test(h)),
       last.rawHeaders.join('\n'));
+  });
+
+  test('interim answers do not stretch the time the final one may take', async () => {
+    const patient = await cluster.startSidecar({ dialTimeoutMs: 500 });
+    const uuid = 'zzzzz-dz642-interim00000001';
+    cluster.api.addContainer(uuid, 'Running', [alice], `tunnel ${patient.ownUrl}`);
+    const slow = new FakeGateway({ uuid, systemRootToken: cluster.rootToken, ...pem });
+    gateways.push(slow);
+    await slow.openTunnel(patient.frontPort);
+    // 400 interim answers 5 ms apart: the last comes long after the 500 ms allowed.
+    const interim = Array.from({ length: 400 }, () => 'HTTP/1.1 102 Processing\r\n\r\n');
+    slow.rawAnswer = (proof) => [...interim,
+      `HTTP/1.1 200 OK\r\n${proof}Content-Length: 2\r\n\r\nok`];
+    const cr = [...cluster.api.requests.values()].find((r) => r.container_uuid === uuid)!.uuid;
+    const res = await request(
+      `${urlOf(patient)}/arvados/v1/container_requests/${cr}/log/${uuid}/stderr.txt`,
+      { headers: { authorization: `Bearer ${token}` } });
+    const body = await res.body.text();
+    assertJsonError({ status: res.statusCode, headers: res.headers, json: jsonOrUndefined(body) },
+      504, 'upstream did not answer in time');
   });
 
   test('the tunnel carries on after all of that', async () => {
