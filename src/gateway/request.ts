@@ -52,7 +52,8 @@ export async function sendRequest(
     }
     const [version, code, reason] = read.head.parts;
     const status = Number(code);
-    if (!/^HTTP\/1\.[01]$/.test(version) || !/^\d{3}$/.test(code)) {
+    if (!/^HTTP\/1\.[01]$/.test(version) || !/^[1-5]\d\d$/.test(code) ||
+      !passable(reason, read.head.rawHeaders)) {
       throw new GatewayError(502, 'gateway sent a malformed answer head');
     }
     if (status === 101) throw new GatewayError(502, 'gateway switched protocols unexpectedly');
@@ -60,6 +61,15 @@ export async function sendRequest(
     if (status >= 200) return { status, reason, head: read.head, rest: read.rest };
     rest = read.rest;
   }
+}
+
+// passable tells whether a reason phrase and header values hold only what may be passed on
+// to the client (RFC 9110 section 5.5: no control characters but tab).
+function passable(reason: string, rawHeaders: string[]): boolean {
+  const text = /^[\t\x20-\x7e\x80-\xff]*$/;
+  if (!text.test(reason)) return false;
+  for (let i = 1; i < rawHeaders.length; i += 2) if (!text.test(rawHeaders[i])) return false;
+  return true;
 }
 
 function requestHead(method: string, target: string, headers: OutgoingHttpHeaders): string {

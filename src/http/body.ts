@@ -102,9 +102,8 @@ export function chunkedBody(): BodyReader {
   let skipped = 0;
   const bad = (what: string) =>
     new GatewayError(502, `gateway sent a malformed chunked body: ${what}`);
-  const expect = (byte: number, want: number, next: ChunkedState, what: string) => {
+  const need = (byte: number, want: number, what: string) => {
     if (byte !== want) throw bad(what);
-    return next;
   };
 
   return {
@@ -141,16 +140,18 @@ export function chunkedBody(): BodyReader {
             else if (++skipped > MAX_EXTENSION_BYTES) throw bad('chunk extension too long');
             break;
           case Chunked.SizeLf:
-            expect(byte, LF, Chunked.Data, 'chunk size line');
+            need(byte, LF, 'chunk size line');
             skipped = 0;
             digits = 0;
             state = size === 0 ? Chunked.TrailerStart : Chunked.Data;
             break;
           case Chunked.DataCr:
-            state = expect(byte, CR, Chunked.DataLf, 'chunk end');
+            need(byte, CR, 'chunk end');
+            state = Chunked.DataLf;
             break;
           case Chunked.DataLf:
-            state = expect(byte, LF, Chunked.Size, 'chunk end');
+            need(byte, LF, 'chunk end');
+            state = Chunked.Size;
             break;
           case Chunked.TrailerStart:
             state = byte === CR ? Chunked.FinalLf : Chunked.Trailer;
@@ -161,10 +162,12 @@ export function chunkedBody(): BodyReader {
             if (++skipped > MAX_TRAILER_BYTES) throw bad('trailer too long');
             break;
           case Chunked.TrailerLf:
-            state = expect(byte, LF, Chunked.TrailerStart, 'trailer line');
+            need(byte, LF, 'trailer line');
+            state = Chunked.TrailerStart;
             break;
           case Chunked.FinalLf:
-            state = expect(byte, LF, Chunked.Done, 'last chunk');
+            need(byte, LF, 'last chunk');
+            state = Chunked.Done;
             break;
         }
       }

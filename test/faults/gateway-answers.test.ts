@@ -143,6 +143,8 @@ describe('gateway answers, however framed', () => {
       ['two lengths', 'Content-Length: 5\r\nContent-Length: 6\r\n', /invalid Content-Length/],
       ['a signed length', 'Content-Length: -5\r\n', /invalid Content-Length/],
       ['not HTTP', 'X', /malformed answer head/],
+      ['a control character in a value', 'X-Odd: a\x01b\r\nContent-Length: 5\r\n',
+        /malformed answer head/],
     ];
     for (const [name, lines, message] of cases) {
       gw.rawAnswer = (proof) => name === 'not HTTP'
@@ -151,6 +153,12 @@ describe('gateway answers, however framed', () => {
       const res = await getJson();
       assertJsonError(res, 502, message);
     }
+    for (const status of ['099', '600', '20x']) {
+      gw.rawAnswer = (proof) => [`HTTP/1.1 ${status} Odd\r\n${proof}Content-Length: 0\r\n\r\n`];
+      assertJsonError(await getJson(), 502, /malformed answer head/);
+    }
+    gw.rawAnswer = (proof) => [`HTTP/1.1 200 O\x02K\r\n${proof}Content-Length: 0\r\n\r\n`];
+    assertJsonError(await getJson(), 502, /malformed answer head/);
     gw.rawAnswer = () => [];
     assertJsonError(await getJson(), 503, /^proxy error: gateway closed the connection/);
   });
