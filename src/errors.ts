@@ -46,11 +46,20 @@ export function sendError(res: ServerResponse, err: GatewayError): void {
     return;
   }
   const body = errorBody(err.message);
-  res.writeHead(err.status, {
-    ...err.headers,
-    'Content-Type': 'application/json',
-    'Content-Length': Buffer.byteLength(body),
-  });
+  // A writeHead that threw earlier can leave a bad status message behind; this answer is
+  // all-new, and if it still cannot be written the connection is cut rather than the error
+  // thrown out of an error path.
+  res.statusMessage = '';
+  try {
+    res.writeHead(err.status, {
+      ...err.headers,
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(body),
+    });
+  } catch {
+    res.destroy();
+    return;
+  }
   res.end(body);
 }
 

@@ -12,7 +12,7 @@ import { GatewayError, asGatewayError, sendError } from '../errors.ts';
 import { checkRespondAuth, dialGateway, type GatewayConnection } from '../gateway/dial.ts';
 import { TUNNEL_DOWN, type GatewayRoute } from '../gateway/locate.ts';
 import { sendRequest, type OutgoingRequest } from '../gateway/request.ts';
-import { bodyOf, type BodyReader } from '../http/body.ts';
+import { framingOf, type BodyReader } from '../http/body.ts';
 import { bearerToken } from '../http/upgrade.ts';
 import type { Logger } from '../log.ts';
 import { relayFromSocket } from '../net/socket-relay.ts';
@@ -213,21 +213,28 @@ async function proxyToGateway(
       method: lr.req.method ?? 'GET', target: lr.pathAndQuery, headers, body: bodyToSend(lr.req),
     }, ctx.settings.dialTimeoutMs);
     checkRespondAuth(answer.head.headers['x-arvados-authorization-response'], conn);
-    const body = bodyOf(lr.req.method ?? 'GET', answer.status, answer.head.headers);
-    lr.res.writeHead(answer.status, answer.reason,
-      responseHeaders(answer.head.rawHeaders, lr.ownHeaders));
-    await relayBody(socket, answer.rest, body, lr.res);
+    const framing = framingOf(lr.req.method ?? 'GET', answer.status, answer.head.headers);
+    // The body's length is the sidecar's to declare: the gateway's own Content-Length may be
+    // repeated, or beside a transfer coding, and passing either on would let the client frame
+    // the body differently from the sidecar.
+    const out = responseHeaders(answer.head.rawHeaders, lr.ownHeaders, ['content-length']);
+    if (framing.length !== undefined) out.push('Content-Length', String(framing.length));
+    lr.res.writeHead(answer.status, answer.reason, out);
+    await relayBody(socket, answer.rest, framing.body, lr.res);
   } finally {
     lr.res.removeListener('close', hangUp);
     socket.destroy();
   }
 }
 
-// bodyToSend says how a client's request body goes on: as it came when its length is known,
-// chunked when it came chunked; a request with neither has no body (RFC 9112 section 6.3).
+// bodyToSend says how a client's request body goes on: with its length when it came with one
+// (which node:http has checked), chunked when it came chunked; a request with neither has no
+// body (RFC 9112 section 6.3). The client's own framing headers never go on as they are: a
+// Connection header naming them would otherwise strip them and leave the body unframed.
 function bodyToSend(req: IncomingMessage): OutgoingRequest['body'] {
-  if (req.headers['content-length'] !== undefined) return { from: req, chunked: false };
-  if (req.headers['transfer-encoding'] !== undefined) return { from: req, chunked: true };
+  if (req.headers['transfer-encoding'] !== undefined) return { from: req, length: null };
+  const length = req.headers['content-length'];
+  if (length !== undefined) return { from: req, length: Number(length) };
   return undefined;
 }
 
@@ -410,13 +417,18 @@ function relay(lr: LogRequest, upstream: ClientRequest, ctx: GatewayContext): Pr
 
 // Node takes headers as a flat [name, value, name, value...] list, which keeps upstream's names,
 // order and repeated headers as they were.
-function responseHeaders(rawHeaders: string[], own: Record<string, string>): string[] {
+function responseHeaders(
+  rawHeaders: string[],
+  own: Record<string, string>,
+  drop: string[] = [],
+): string[] {
   const upstreamNames = new Set<string>();
   const out: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i];
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'x-arvados-authorization-response') continue;
+    if (HOP_BY_HOP.has(lower) || lower === 'x-arvados-authorization-response' ||
+      drop.includes(lower)) continue;
     upstreamNames.add(lower);
     out.push(name, rawHeaders[i + 1]);
   }

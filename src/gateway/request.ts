@@ -16,13 +16,20 @@ export interface GatewayAnswer {
   rest: Buffer;
 }
 
-/** OutgoingRequest is what is sent: the body, if any, is streamed from a client's request. */
+/**
+ * OutgoingRequest is what is sent. The body, if any, is streamed from a client's request,
+ * with its length when known, else in chunked coding; whatever framing headers the given
+ * headers hold are replaced by that.
+ */
 export interface OutgoingRequest {
   method: string;
   target: string;
   headers: OutgoingHttpHeaders;
-  body?: { from: Readable; chunked: boolean };
+  body?: { from: Readable; length: number | null };
 }
+
+// Interim answers a gateway may send before its final one; Go's server sends at most one.
+const MAX_INTERIM_ANSWERS = 16;
 
 /**
  * sendRequest writes the request on socket, streams its body, and reads the answer's head,
@@ -36,14 +43,21 @@ export async function sendRequest(
   timeoutMs: number,
 ): Promise<GatewayAnswer> {
   const headers = { ...req.headers };
-  if (req.body?.chunked) headers['transfer-encoding'] = 'chunked';
+  delete headers['content-length'];
+  delete headers['transfer-encoding'];
+  const chunked = req.body !== undefined && req.body.length === null;
+  if (req.body?.length != null) headers['content-length'] = String(req.body.length);
+  if (chunked) headers['transfer-encoding'] = 'chunked';
   socket.write(requestHead(req.method, req.target, headers));
-  if (req.body) sendBody(req.body.from, socket, req.body.chunked);
+  if (req.body) sendBody(req.body.from, socket, chunked);
 
   // One deadline for the final answer, however many interim ones come before it.
   const deadline = performance.now() + timeoutMs;
   let rest: Buffer | undefined;
-  for (;;) {
+  for (let interim = 0; ; interim++) {
+    if (interim > MAX_INTERIM_ANSWERS) {
+      throw new GatewayError(502, 'gateway sent too many interim answers');
+    }
     let read;
     try {
       read = await readHead(socket, Math.max(0, deadline - performance.now()), rest);

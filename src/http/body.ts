@@ -15,31 +15,46 @@ export interface BodyReader {
   readonly endsWithSource: boolean;
 }
 
+/** Framing is how an answer's body ends, and the length to declare for it, if any. */
+export interface Framing {
+  body: BodyReader;
+  /** length is the Content-Length to pass on, undefined when the body is not length-framed. */
+  length: number | undefined;
+}
+
 /**
- * bodyOf picks the framing of a response to a request made with method (RFC 9112 section
- * 6.3), given its status and lower-cased headers. It throws a 502 for framing that cannot be
- * trusted, as a proxy must not guess where a body ends.
+ * framingOf finds where the body of an answer to a request made with method ends (RFC 9112
+ * section 6.3), given its status and lower-cased headers. It throws a 502 for framing that
+ * cannot be trusted, as a proxy must not guess where a body ends. Go's server, which every
+ * gateway is, sends no transfer coding but chunked, so any other is refused rather than
+ * passed on undecoded.
  */
-export function bodyOf(method: string, status: number, headers: Record<string, string>):
-  BodyReader {
-  if (method === 'HEAD' || status < 200 || status === 204 || status === 304) {
-    return lengthBody(0);
-  }
+export function framingOf(method: string, status: number, headers: Record<string, string>):
+  Framing {
   const coding = headers['transfer-encoding'];
-  if (coding !== undefined) {
-    // Section 6.3, point 4: chunked last means chunked; anything else runs until the close.
-    const codings = coding.toLowerCase().split(',').map((c) => c.trim());
-    return codings[codings.length - 1] === 'chunked' ? chunkedBody() : untilClose();
+  if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
+    throw new GatewayError(502, 'gateway sent an unsupported Transfer-Encoding');
   }
-  const length = headers['content-length'];
-  if (length === undefined) return untilClose();
-  // Repeated headers arrive joined with commas; identical values are allowed (section 6.3).
-  const values = new Set(length.split(',').map((v) => v.trim()));
+  // Point 3: with a transfer coding, any Content-Length is ignored, and not passed on.
+  const length = coding === undefined ? declaredLength(headers['content-length']) : undefined;
+  if (method === 'HEAD' || status < 200 || status === 204 || status === 304) {
+    return { body: lengthBody(0), length };
+  }
+  if (coding !== undefined) return { body: chunkedBody(), length };
+  if (length === undefined) return { body: untilClose(), length };
+  return { body: lengthBody(length), length };
+}
+
+// declaredLength reads a Content-Length. Repeated headers arrive joined with commas, and
+// identical values are allowed (section 6.3, point 5); anything else is refused.
+function declaredLength(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const values = new Set(value.split(',').map((v) => v.trim()));
   const [only] = values;
   if (values.size !== 1 || !/^\d{1,15}$/.test(only)) {
     throw new GatewayError(502, 'gateway sent an invalid Content-Length');
   }
-  return lengthBody(Number(only));
+  return Number(only);
 }
 
 /** lengthBody is a body of exactly length bytes. */

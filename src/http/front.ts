@@ -162,7 +162,9 @@ export class FrontDoor {
       if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
     }
     const parsed: Head = {
-      parts: [req.method ?? 'POST', req.url ?? '/', 'HTTP/1.1'], headers, rawHeaders: req.rawHeaders,
+      parts: [req.method ?? 'POST', req.url ?? '/', 'HTTP/1.1'],
+      headers,
+      rawHeaders: req.rawHeaders,
     };
     this.#takeOver(socket, parsed, head, remoteOf(req.socket), route);
   }

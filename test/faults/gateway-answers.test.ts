@@ -6,12 +6,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
 import { Readable } from 'node:stream';
-import { request } from 'undici';
+import { Client, request } from 'undici';
 import { LocalCluster, urlOf } from '../../src/demo/cluster.ts';
 import type { Sidecar } from '../../src/sidecar.ts';
 import { FakeGateway } from './lib/fake-gateway.ts';
-import { assertJsonError, jsonOrUndefined, selfSigned } from './lib/wire.ts';
+import { assertJsonError, jsonOrUndefined, selfSigned, waitFor } from './lib/wire.ts';
 
 describe('gateway answers, however framed', () => {
   const cluster = new LocalCluster();
@@ -93,6 +94,45 @@ describe('gateway answers, however framed', () => {
     assert.equal(res.status, 200);
     assert.equal(res.body.toString(), 'hello');
     assert.equal(res.headers.link, undefined);
+  });
+
+  test('more interim answers than any gateway sends: 502', async () => {
+    const interim = Array.from({ length: 40 }, () => 'HTTP/1.1 103 Early Hints\r\n\r\n');
+    gw.rawAnswer = (proof) => [interim.join(''),
+      `HTTP/1.1 200 OK\r\n${proof}Content-Length: 2\r\n\r\nok`];
+    assertJsonError(await getJson(), 502, 'gateway sent too many interim answers');
+  });
+
+  test('the client is told the length the sidecar framed the body by, and no other', async () => {
+    // A Content-Length beside chunked coding must not reach the client: it would read 5 bytes
+    // as the answer and the rest as the answer to its next request on the same connection.
+    const injected = 'HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Smuggled: yes\r\n\r\nINJECTED';
+    const coded = `5\r\nhello\r\n${injected.length.toString(16)}\r\n${injected}\r\n0\r\n\r\n`;
+    const client = new Client(new URL(url).origin, { pipelining: 1 });
+    try {
+      const ask = async () => {
+        const res = await client.request({ path: new URL(url).pathname, method: 'GET',
+          headers: { authorization: `Bearer ${token}` } });
+        return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
+      };
+      gw.rawAnswer = (proof) => [`HTTP/1.1 200 OK\r\n${proof}Content-Length: 5\r\n` +
+        'Transfer-Encoding: chunked\r\n\r\n', coded];
+      const first = await ask();
+      assert.equal(first.status, 200);
+      assert.equal(first.body, 'hello' + injected);
+      assert.equal(first.headers['content-length'], undefined);
+      gw.rawAnswer = (proof) => [`HTTP/1.1 200 OK\r\n${proof}Content-Length: 2\r\n` +
+        'Content-Length: 2\r\n\r\nok'];
+      const second = await ask();
+      assert.equal(second.headers['x-smuggled'], undefined);
+      assert.equal(second.body, 'ok');
+      assert.equal(second.headers['content-length'], '2');
+    } finally {
+      await client.close();
+    }
+    gw.rawAnswer = (proof) => [`HTTP/1.1 200 OK\r\n${proof}Transfer-Encoding: gzip\r\n\r\n`,
+      'not gzip at all'];
+    assertJsonError(await getJson(), 502, 'gateway sent an unsupported Transfer-Encoding');
   });
 
   test('a body that runs until the close', async () => {
@@ -205,8 +245,9 @@ describe('gateway answers, however framed', () => {
     const slow = new FakeGateway({ uuid, systemRootToken: cluster.rootToken, ...pem });
     gateways.push(slow);
     await slow.openTunnel(patient.frontPort);
-    // 400 interim answers 5 ms apart: the last comes long after the 500 ms allowed.
-    const interim = Array.from({ length: 400 }, () => 'HTTP/1.1 102 Processing\r\n\r\n');
+    // 10 interim answers 100 ms apart: the last comes long after the 500 ms allowed.
+    slow.rawGapMs = 100;
+    const interim = Array.from({ length: 10 }, () => 'HTTP/1.1 102 Processing\r\n\r\n');
     slow.rawAnswer = (proof) => [...interim,
       `HTTP/1.1 200 OK\r\n${proof}Content-Length: 2\r\n\r\nok`];
     const cr = [...cluster.api.requests.values()].find((r) => r.container_uuid === uuid)!.uuid;
@@ -216,6 +257,30 @@ describe('gateway answers, however framed', () => {
     const body = await res.body.text();
     assertJsonError({ status: res.statusCode, headers: res.headers, json: jsonOrUndefined(body) },
       504, 'upstream did not answer in time');
+  });
+
+  test('a request body goes on framed, whatever the Connection header names', async () => {
+    let seen: Buffer = Buffer.alloc(0);
+    gw.rawAnswer = (proof, body) => {
+      seen = body;
+      return [`HTTP/1.1 207 Multi-Status\r\n${proof}Content-Length: 2\r\n\r\nok`];
+    };
+    const body = 'GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n';
+    const u = new URL(url);
+    const socket = connect(Number(u.port), u.hostname);
+    socket.write(`PROPFIND ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\n` +
+      `Authorization: Bearer ${token}\r\nConnection: keep-alive, content-length\r\n` +
+      `Content-Length: ${body.length}\r\n\r\n${body}`);
+    let answer = '';
+    socket.on('data', (d: Buffer) => { answer += d.toString(); });
+    await waitFor(() => answer.includes('\r\n\r\nok'), 5000, 'the answer');
+    socket.destroy();
+    assert.match(answer, /^HTTP\/1\.1 207 /);
+    assert.equal(seen.toString(), body);
+    const last = gw.requests[gw.requests.length - 1];
+    assert.ok(last.rawHeaders.includes(`content-length: ${body.length}`),
+      last.rawHeaders.join('\n'));
+    assert.equal(gw.requests.filter((r) => r.url === '/smuggled').length, 0);
   });
 
   test('the tunnel carries on after all of that', async () => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { bodyOf, chunkedBody, lengthBody, type BodyReader } from '../../src/http/body.ts';
+import { chunkedBody, framingOf, lengthBody, type BodyReader } from '../../src/http/body.ts';
 
 // feedAll feeds pieces and returns the body found and whether it completed.
 function feedAll(reader: BodyReader, pieces: Buffer[]): { body: string; done: boolean } {
@@ -42,20 +42,27 @@ test('length: exactly that many bytes; zero is done at once', () => {
   assert.equal(lengthBody(0).feed(Buffer.alloc(0), () => assert.fail('no body')), true);
 });
 
-test('framing follows RFC 9112 section 6.3', () => {
-  const kind = (r: BodyReader) => {
-    if (r.endsWithSource) return 'close';
-    return r.feed(Buffer.alloc(0), () => {}) ? 'empty' : 'framed';
+test('framing follows RFC 9112 section 6.3, and only chunked is a transfer coding', () => {
+  const kind = (method: string, status: number, headers: Record<string, string>) => {
+    const { body, length } = framingOf(method, status, headers);
+    if (body.endsWithSource) return `close ${length}`;
+    return `${body.feed(Buffer.alloc(0), () => {}) ? 'empty' : 'framed'} ${length}`;
   };
-  assert.equal(kind(bodyOf('HEAD', 200, { 'content-length': '9' })), 'empty');
-  assert.equal(kind(bodyOf('GET', 204, {})), 'empty');
-  assert.equal(kind(bodyOf('GET', 304, { 'content-length': '9' })), 'empty');
-  assert.equal(kind(bodyOf('GET', 200, { 'transfer-encoding': 'gzip, chunked',
-    'content-length': '9' })), 'framed');
-  assert.equal(kind(bodyOf('GET', 200, { 'transfer-encoding': 'chunked, gzip' })), 'close');
-  assert.equal(kind(bodyOf('GET', 200, {})), 'close');
-  assert.equal(kind(bodyOf('GET', 200, { 'content-length': '7, 7' })), 'framed');
+  assert.equal(kind('HEAD', 200, { 'content-length': '9' }), 'empty 9');
+  assert.equal(kind('GET', 204, {}), 'empty undefined');
+  assert.equal(kind('GET', 304, { 'content-length': '9' }), 'empty 9');
+  assert.equal(kind('GET', 200, { 'content-length': '9' }), 'framed 9');
+  // With a transfer coding, Content-Length is neither used nor declared.
+  assert.equal(kind('GET', 200, { 'transfer-encoding': 'Chunked ', 'content-length': '9' }),
+    'framed undefined');
+  assert.equal(kind('GET', 200, {}), 'close undefined');
+  assert.equal(kind('GET', 200, { 'content-length': '7, 7' }), 'framed 7');
+  for (const coding of ['gzip, chunked', 'chunked, gzip', 'gzip', '']) {
+    assert.throws(() => framingOf('GET', 200, { 'transfer-encoding': coding }),
+      { status: 502, message: /unsupported Transfer-Encoding/ }, coding);
+  }
   for (const bad of ['7, 8', '-1', '1e3', '', '9999999999999999']) {
-    assert.throws(() => bodyOf('GET', 200, { 'content-length': bad }), { status: 502 }, bad);
+    assert.throws(() => framingOf('GET', 200, { 'content-length': bad }), { status: 502 }, bad);
+    assert.throws(() => framingOf('HEAD', 200, { 'content-length': bad }), { status: 502 }, bad);
   }
 });

@@ -53,10 +53,12 @@ export class FakeGateway {
   /**
    * rawAnswer, when set, replaces the answer to a plain request. It gets the proof header
    * line (with its CRLF, empty when respond is 'none') and the request's body, and returns
-   * pieces that are written one at a time, a few milliseconds apart, straight onto the
-   * connection, which is then ended.
+   * pieces that are written one at a time, rawGapMs apart, straight onto the connection,
+   * which is then ended.
    */
   rawAnswer: ((proof: string, body: Buffer) => Array<string | Buffer>) | null = null;
+  /** rawGapMs is the pause between rawAnswer's pieces. */
+  rawGapMs = 5;
   /** accepted counts TCP connections accepted by the direct listener. */
   accepted = 0;
   #secret: string;
@@ -211,7 +213,7 @@ export class FakeGateway {
       const proof = Object.entries(auth.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
       for (const piece of this.rawAnswer(proof, Buffer.concat(body))) {
         req.socket.write(piece);
-        await new Promise((r) => setTimeout(r, 5));
+        await new Promise((r) => setTimeout(r, this.rawGapMs));
       }
       req.socket.end();
       return;
