@@ -38,6 +38,8 @@ export function relay(from: Duplex, to: Duplex, count: (n: number) => void): voi
 // Bytes toward the client are gathered in slabs of this size; spare slabs are kept for reuse.
 const SLAB_SIZE = 128 * 1024;
 const SPARE_SLABS = 16;
+// Reads smaller than this skip the batching when nothing else waits (see relayFromSocket).
+const SMALL_READ = 2048;
 const spareSlabs: Buffer[] = [];
 // One read buffer per direction serves every session: each read is used or copied before its
 // callback returns. The directions have their own, so that a write made from one direction's
@@ -153,6 +155,13 @@ export function relayFromSocket(from: Duplex, to: Sink, options: FromSocketOptio
     } catch (err) {
       finish(err as Error);
       return false;
+    }
+    // A small read with nothing else waiting (a keystroke's echo, a prompt) goes out at once:
+    // holding it for the turn to end only delays it. Bulk data comes in full TLS records and
+    // still leaves in batches.
+    if (!scheduled && used < SMALL_READ && to.writableLength === 0) {
+      send();
+      return true;
     }
     if (!scheduled) {
       scheduled = true;

@@ -261,6 +261,19 @@ test('records decrypted in one turn of the event loop reach the client in one wr
   await done;
 });
 
+test('a small read with nothing waiting reaches the client at once, before the turn ends',
+  async () => {
+    const client = new RecordingClient();
+    const upstream = sink();
+    const done = splice(client, Buffer.alloc(0), upstream, Buffer.alloc(0));
+    client.push('ssh');
+    await new Promise((r) => setImmediate(r));
+    upstream.push(Buffer.from('prompt$ '));
+    assert.equal(Buffer.concat(client.received).toString(), 'prompt$ ');
+    client.destroy();
+    await done;
+  });
+
 test('a client that stops reading pauses the gateway side, and nothing is lost', async () => {
   const client = new RecordingClient();
   const total = 8 * 1024 * 1024;
