@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { LocalCluster } from '../../src/demo/cluster.ts';
 import { containerKey } from '../../src/gateway/hmac.ts';
 import { MAX_HEAD_BYTES, readHead } from '../../src/http/head.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 import { Session } from '../../src/tunnel/yamux/index.ts';
 import { envCount, freePort, report, waitFor } from './lib/wire.ts';
 
@@ -53,7 +54,8 @@ describe('bounded memory under abuse (sidecar in a child process)', () => {
   before(async () => {
     await cluster.start();
     [port, adminPort] = [await freePort(), await freePort()];
-    child = spawn(process.execPath, [MAIN], {
+    // Started as the image starts it: the heap flag changes when garbage is collected.
+    child = spawn(process.execPath, [...NODE_FLAGS, MAIN], {
       env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`,
         GATEWAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, ARVADOS_CONFIG: cluster.configPath,
         GATEWAY_CONTROLLER_URL: cluster.apiUrl, GATEWAY_HEAD_TIMEOUT_MS: '60000',
