@@ -2,7 +2,7 @@
 // sidecar process on SIGTERM while a tunnel and an SSH session are up.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -174,6 +174,50 @@ describe('graceful drain of a sidecar process', () => {
     }
   });
 });
+
+describe('npm start', () => {
+  const cluster = new LocalCluster();
+  after(() => cluster.stop());
+
+  test('SIGTERM to npm\'s own process reaches the sidecar: it drains and exits', async () => {
+    await cluster.start();
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const npm = spawn('npm', ['start', '--silent'], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      env: { ...process.env, GATEWAY_LISTEN: `127.0.0.1:${port}`,
+        GATEWAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, ARVADOS_CONFIG: cluster.configPath,
+        GATEWAY_CONTROLLER_URL: cluster.apiUrl },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let logs = '';
+    npm.stdout!.on('data', (d) => { logs += d; });
+    const readyz = () => fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined);
+    let children: number[] = [];
+    try {
+      await waitFor(async () => (await readyz())?.status === 200);
+      children = childrenOf(npm.pid!);
+      const exited = new Promise((r) => npm.once('exit', r));
+      npm.kill('SIGTERM');
+      await exited;
+      await waitFor(async () => (await readyz()) === undefined, 10_000, 'the sidecar to exit');
+      assert.match(logs, /"msg":"draining"/);
+    } finally {
+      for (const pid of [npm.pid!, ...children]) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Already gone, as it should be.
+        }
+      }
+    }
+  });
+});
+
+// childrenOf lists the processes whose parent is pid.
+function childrenOf(pid: number): number[] {
+  return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+    .split('\n').map((l) => Number(l.trim())).filter((n) => n > 0);
+}
 
 /** parseExposition checks the Prometheus text format strictly enough to catch breakage. */
 function parseExposition(text: string) {

@@ -122,7 +122,9 @@ const schema = {
     format: 'url', default: 'http://127.0.0.1:8003', env: 'GATEWAY_CONTROLLER_URL',
   },
   internalUrl: {
-    doc: 'This sidecar\'s own URL as peers and crunch-run see it (else built from the pod).',
+    doc: 'This sidecar\'s own URL as peers and crunch-run see it; else built from the pod ' +
+      '(POD_IP, or POD_NAME and GATEWAY_PEERS_SERVICE), else from GATEWAY_LISTEN (127.0.0.1 ' +
+      'for 0.0.0.0).',
     format: 'optional-url', default: '', env: 'GATEWAY_INTERNAL_URL',
   },
   peersService: {

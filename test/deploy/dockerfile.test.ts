@@ -3,7 +3,7 @@
 // image whose process does not come up, are refused with a message naming the problem.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -109,9 +109,11 @@ describe('Dockerfile', () => {
   it('node gets the sidecar\'s flags wherever this repository starts it', async () => {
     assert.ok(original.includes(CMD_LINE), `the Dockerfile lacks ${CMD_LINE}`);
     const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8'));
-    assert.equal(pkg.scripts.start, ARGV.join(' '));
+    // exec, so that the signals npm passes on reach node itself rather than a shell.
+    assert.equal(pkg.scripts.start, `exec ${ARGV.join(' ')}`);
     const main = await readFile(join(ROOT, 'src', 'main.ts'), 'utf8');
     assert.equal(main.split('\n')[0], `#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+    assert.ok((await stat(join(ROOT, 'src', 'main.ts'))).mode & 0o100, 'src/main.ts is executable');
   });
 
   it('passes the rules alone with the real Dockerfile', async () => {
