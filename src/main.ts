@@ -1,20 +1,13 @@
 #!/usr/bin/env -S node --initial-heap-size=128
 // Command line entry: `serve` (the default) runs the sidecar; `demo` runs it end to end with a
 // simulated Arvados and crunch-run; `ssh-proxy` is an OpenSSH ProxyCommand through a sidecar.
-import { setFlagsFromString } from 'node:v8';
 import { loadSettings } from './settings.ts';
 import { createLogger } from './log.ts';
-import { missingNodeFlags } from './node-flags.ts';
+import { missingNodeFlags, setRuntimeFlags } from './node-flags.ts';
 import { Sidecar } from './sidecar.ts';
 
 async function serve(): Promise<void> {
-  // Buffers Node allocates outside the JavaScript heap (socket reads, TLS records) make V8 run
-  // a full collection each time about 64 MB of them have been allocated since the last one,
-  // however small the heap. With this flag V8 counts them in the heap's overall growth limit
-  // instead, so those collections are rarer. Measured with npm run bench: 2.6 → 2.0 CPU s per
-  // GB through a tunnel (client→gateway), the slow-reader RSS line still within budget. It is
-  // set here, at run time, so that every way of starting the sidecar gets it.
-  setFlagsFromString('--external-memory-accounted-in-global-limit');
+  setRuntimeFlags();
   let settings;
   try {
     settings = loadSettings();

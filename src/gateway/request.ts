@@ -6,7 +6,7 @@
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import { GatewayError } from '../errors.ts';
-import { readHead, type Head } from '../http/head.ts';
+import { HEAD_CUT_OFF, readHead, type Head } from '../http/head.ts';
 
 /** GatewayAnswer is the head of the gateway's answer and the bytes read after it. */
 export interface GatewayAnswer {
@@ -126,7 +126,7 @@ function answerError(err: GatewayError): GatewayError {
     case 408:
       return new GatewayError(504, 'upstream did not answer in time');
     case 400:
-      if (/closed before/.test(err.message)) {
+      if (err.message === HEAD_CUT_OFF) {
         return new GatewayError(503,
           'proxy error: gateway closed the connection before answering');
       }

@@ -16,6 +16,9 @@ export interface Head {
   rawHeaders: string[];
 }
 
+/** HEAD_CUT_OFF is readHead's message when the connection ends before the head does. */
+export const HEAD_CUT_OFF = 'connection closed before the head ended';
+
 /** HeadRead is a head, its raw bytes, and whatever arrived after it in the same reads. */
 export interface HeadRead {
   head: Head;
@@ -81,7 +84,7 @@ export function readHead(socket: Duplex, timeoutMs: number, initial?: Buffer): P
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
       tryParse();
     };
-    const onEnd = () => finish(new GatewayError(400, 'connection closed before the head ended'));
+    const onEnd = () => finish(new GatewayError(400, HEAD_CUT_OFF));
 
     if (buf.length > 0 && tryParse()) return;
     detach = follow(socket, onData, onEnd);
