@@ -372,13 +372,22 @@ class Bench {
   async runRtt(): Promise<void> {
     const p50: Record<string, number[]> = { sidecar: [], go: [] };
     const p99: Record<string, number[]> = { sidecar: [], go: [] };
+    const cpu: Record<string, number[]> = { sidecar: [], go: [] };
+    const sys: Record<string, number[]> = { sidecar: [], go: [] };
+    const trips = this.sizes.rttSamples + this.sizes.rttWarmup;
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
+        const cpu0 = cpuTimes(side.proc.pid);
         const r = await this.client(['rtt', '-url', side.url, '-uuid', TUNNEL,
           '-token', this.token, '-samples', String(this.sizes.rttSamples),
           '-warmup', String(this.sizes.rttWarmup), '-size', '64'], 120_000);
+        const cpu1 = cpuTimes(side.proc.pid);
         p50[side.name].push(Number(r.p50_us));
         p99[side.name].push(Number(r.p99_us));
+        // The session's set-up and teardown are in this too; next to thousands of round trips
+        // they are noise.
+        cpu[side.name].push((cpu1.user + cpu1.sys - cpu0.user - cpu0.sys) * 1e6 / trips);
+        sys[side.name].push((cpu1.sys - cpu0.sys) * 1e6 / trips);
       }
     }
     const n = this.sizes.rttSamples.toLocaleString('en-US');
@@ -388,6 +397,12 @@ class Bench {
     this.record({ id: 'rtt-p99', title: `Round trip 64 B via tunnel, p99 (${n} samples)`,
       unit: 'µs', better: 'lower', budget: { op: '<=', value: 1, of: 'ratio' } },
     p99.sidecar, p99.go);
+    // Like the throughput lines' CPU figures: /proc's 10 ms ticks need thousands of trips.
+    if (trips < 5000) return;
+    this.record({ id: 'cpu-rtt', title: '↳ proxy CPU time per round trip',
+      unit: 'CPU µs', better: 'lower' }, cpu.sidecar, cpu.go, undefined, {
+      sidecar: { sys_us_per_trip: median(sys.sidecar) }, go: { sys_us_per_trip: median(sys.go) },
+    });
   }
 
   /** openTunnels opens n tunnels to a side with the tunnels client and returns it. */

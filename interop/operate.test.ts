@@ -77,6 +77,8 @@ describe('metrics after a tunnel, SSH and logs session', () => {
     assert.equal(value('arvados_gateway_config_reloads_total', { result: 'ok' }), 1);
     assert.equal(value('arvados_gateway_ready'), 1);
     assert.equal(value('arvados_gateway_tunnel_auth_failures_total'), 1);
+    // Busy polling is on by default, and the reads above opened windows.
+    assert.ok(value('arvados_gateway_busy_poll_seconds_total')! > 0);
     // No UUID, URL or token is ever a label value.
     for (const s of samples) {
       for (const v of Object.values(s.labels)) {

@@ -17,6 +17,7 @@ import { FrontDoor } from './http/front.ts';
 import type { Logger } from './log.ts';
 import { ConfigMapSource } from './kube/configmap-source.ts';
 import { PeerResolver, ownInternalUrl, type ResolveFn } from './kube/peers.ts';
+import { busyPoll } from './net/busy-poll.ts';
 import { Metrics } from './observability/metrics.ts';
 import { parseHostPort, type Settings } from './settings.ts';
 import { TunnelRegistry } from './tunnel/registry.ts';
@@ -179,6 +180,8 @@ export class Sidecar {
       this.log.warn({ own_url: this.#ownUrl }, 'no GATEWAY_INTERNAL_URL or POD_IP: crunch-run ' +
         'and peers will be told a loopback URL');
     }
+    // One event loop, so one window for the process: the last sidecar started sets it.
+    busyPoll.setWindow(s.busyPollUs);
     this.#listening = true;
     this.log.info({
       listen: `${this.#frontAddress.address}:${this.#frontAddress.port}`,

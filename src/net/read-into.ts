@@ -11,6 +11,7 @@
 // their names on a socket made with the option, and when they are not there readInto changes
 // nothing and says so, and the caller reads the usual way.
 import { Socket } from 'node:net';
+import { busyPoll } from './busy-poll.ts';
 
 /**
  * OnRead gets the bytes just read, as a view of the caller's buffer that the next read
@@ -66,7 +67,12 @@ export function readInto(socket: unknown, buffer: Buffer, onRead: OnRead): Buffe
   const handle = internals._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function') return null;
   switched.add(socket);
-  const call = (n: number, buf: Buffer) => onRead(buf.subarray(0, n));
+  const call = (n: number, buf: Buffer) => {
+    const more = onRead(buf.subarray(0, n));
+    // The next read is likely to follow soon: see busy-poll.ts.
+    busyPoll.afterRead();
+    return more;
+  };
   internals[fields.buffer] = buffer;
   internals[fields.callback] = call;
   internals[fields.generator] = null;

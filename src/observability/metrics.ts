@@ -1,6 +1,7 @@
 // Prometheus metrics. Label values come from small fixed sets (routes, outcomes, reasons):
 // never a container UUID or a URL, which would make one series per container.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { busyPoll } from '../net/busy-poll.ts';
 
 /** Metrics is the set of series the sidecar exports, on a registry of its own. */
 export class Metrics {
@@ -83,6 +84,16 @@ export class Metrics {
   readonly refusedFull = new Counter({
     name: 'arvados_gateway_refused_full_total', help: 'Requests refused because a limit was hit.',
     labelNames: ['limit'] as const, registers: [this.registry],
+  });
+  readonly busyPollSeconds = new Counter({
+    name: 'arvados_gateway_busy_poll_seconds_total',
+    help: 'Time the event loop kept polling after reads instead of sleeping ' +
+      '(GATEWAY_BUSY_POLL_US). At most this much CPU time went to it.',
+    registers: [this.registry],
+    collect() {
+      this.reset();
+      this.inc(busyPoll.spentSeconds);
+    },
   });
   readonly ready = new Gauge({
     name: 'arvados_gateway_ready', help: '1 when the sidecar is ready for traffic.',
