@@ -9,6 +9,8 @@
 //   --node-flags  extra flags for the sidecar's node (e.g. "--max-semi-space-size=64"), for
 //              tuning experiments; they are recorded in the results
 //   --sidecar-main  run the sidecar from another tree's src/main.ts (A/B trials of a patch)
+//   --sidecar-env  NAME=VALUE settings for the sidecar, comma-separated (A/B trials of a
+//              setting, e.g. GATEWAY_BUSY_POLL_US=0); they are recorded in the results
 //   --keep     keep the work directory (the sidecar's logs) after the run
 //   --only     comma-separated groups (tunnel, direct, log, slow, rtt, idle, accept) or
 //              throughput line ids (tunnel-up-1, tunnel-down-8, direct-up-1, ...)
@@ -97,6 +99,7 @@ interface Options {
   lineIds: Set<string>;
   nodeFlags: string[];
   sidecarMain: string;
+  sidecarEnv: Record<string, string>;
   keep: boolean;
   out: string;
 }
@@ -112,6 +115,7 @@ function parseOptions(argv: string[]): Options {
       'node-flags': { type: 'string' },
       keep: { type: 'boolean', default: false },
       'sidecar-main': { type: 'string' },
+      'sidecar-env': { type: 'string' },
     },
   });
   const smoke = values.smoke || process.env.BENCH_SMOKE === '1';
@@ -138,7 +142,13 @@ function parseOptions(argv: string[]): Options {
   const name = profile ? 'profile.json' : smoke ? 'smoke.json' : 'latest.json';
   const nodeFlags = (values['node-flags'] ?? '').split(/\s+/).filter(Boolean);
   const sidecarMain = values['sidecar-main'] ?? join(ROOT, 'src', 'main.ts');
-  return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, keep: values.keep,
+  const sidecarEnv: Record<string, string> = {};
+  for (const pair of (values['sidecar-env'] ?? '').split(',').filter(Boolean)) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(pair.trim());
+    if (!m) throw new Error(`--sidecar-env wants NAME=VALUE pairs, not ${pair}`);
+    sidecarEnv[m[1]] = m[2];
+  }
+  return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, sidecarEnv, keep: values.keep,
     out: values.out ?? join(ROOT, 'bench', 'results', name) };
 }
 
@@ -200,7 +210,7 @@ class Bench {
     if (this.opts.profile) this.profileDir = mkdtempSync(join(tmpdir(), 'gateway-cpuprof-'));
     this.sidecar = await startSidecar(this.group, {
       cluster: this.cluster, dir: this.dir, profileDir: this.profileDir, logLevel: 'info',
-      nodeFlags: this.opts.nodeFlags, main: this.opts.sidecarMain,
+      nodeFlags: this.opts.nodeFlags, main: this.opts.sidecarMain, env: this.opts.sidecarEnv,
     });
     this.go = await startReference(this.group, this.root, { [DIRECT]: this.directAddress });
     this.limits.sidecar = this.sidecar.proc.openFilesLimit();
@@ -580,6 +590,7 @@ async function main(): Promise<void> {
       node: process.version, go: goVersion() },
     sizes: bench.sizes,
     sidecar_node_flags: opts.nodeFlags,
+    sidecar_env: opts.sidecarEnv,
     sidecar_main: opts.sidecarMain,
     lines: bench.lines,
     budgets: { judged: judged.length, met: judged.length - missed.length, missed },

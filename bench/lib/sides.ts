@@ -46,6 +46,8 @@ export interface SidecarOptions {
   nodeFlags?: string[];
   /** main is the entry file to run (default this tree's src/main.ts). */
   main?: string;
+  /** env holds more settings for the sidecar, for A/B trials; they win over the bench's. */
+  env?: Record<string, string>;
 }
 
 let sidecars = 0;
@@ -69,6 +71,7 @@ export async function startSidecar(group: ProcessGroup, opts: SidecarOptions): P
     GATEWAY_ALLOW_LOOPBACK_GATEWAYS: 'true',
     GATEWAY_DRAIN_GRACE_SECONDS: '1',
     LOG_LEVEL: opts.logLevel,
+    ...opts.env,
   };
   const proc = group.spawn('sidecar', process.execPath, args, { env, nofile: NOFILE, logFile });
   const { listen, admin } = await waitForListening(proc, logFile, 20_000);

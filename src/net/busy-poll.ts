@@ -6,14 +6,21 @@
 // sleeping reader pays for waking it, and the reader's CPU may have gone idle and must be woken
 // too. Go's runtime keeps a thread spinning for a moment before it sleeps, which is much of why
 // a Go proxy answers faster than an event loop that sleeps the moment it runs out of work.
-// BusyPoll does the same for Node: each read opens (or extends) a window in which the loop is
+// BusyPoll does the same for Node: a read opens (or extends) a window in which the loop is
 // given an immediate to run, so libuv polls its sockets with a timeout of zero rather than
 // blocking. Reads, timers and writes are all still handled on every turn; nothing waits.
 //
-// The cost is CPU time while a window is open and nothing arrives, bounded by the window per
-// read: a sidecar that reads nothing spins not at all, one that is busy was awake anyway, and
-// in between it spends at most the window after each read. The window is a setting
-// (GATEWAY_BUSY_POLL_US, 0 turns it off) and the time spent is a metric.
+// The cost is CPU time while a window is open and nothing arrives. A sidecar that reads nothing
+// spins not at all, and one that is busy was awake anyway. In between, the window adapts, as
+// Linux's haltpoll does for idle CPUs: a read that comes within the longest window of the one
+// before it doubles the window, since waiting that long would have caught it; a read after a
+// longer pause halves it, down to none. Traffic whose reads are further apart than the longest
+// window, on which a window only wastes time, so soon costs nothing. Only small reads count,
+// and only away from bulk transfers: round trips are made of small reads, and a transfer,
+// which fills its reads and keeps the loop busy, gains nothing.
+//
+// The longest window is a setting (GATEWAY_BUSY_POLL_US, 0 turns it off); the time spent is a
+// metric.
 import { performance } from 'node:perf_hooks';
 
 /** Clock gives the current time in milliseconds, as performance.now does. */
@@ -28,32 +35,37 @@ const nextTurn: Schedule = (fn) => {
   setImmediate(fn);
 };
 
-/** BusyPoll keeps the event loop polling for a window of time after each read. */
+/** BusyPoll keeps the event loop polling for a window of time after each small read. */
 export class BusyPoll {
-  #windowMs: number;
+  #maxMs: number;
+  #windowMs = 0;
   readonly #now: Clock;
   readonly #schedule: Schedule;
+  #lastReadAt = Number.NEGATIVE_INFINITY;
+  #bulkAt = Number.NEGATIVE_INFINITY;
   #until = 0;
   #openedAt = 0;
   #spinning = false;
   #spentMs = 0;
   #windows = 0;
+  #reads = 0;
   readonly #turn = () => this.#spin();
 
-  /** windowUs is how long to keep polling after a read, in microseconds; 0 turns it off. */
-  constructor(windowUs: number, now: Clock = performance.now.bind(performance),
+  /** maxUs is the longest window, in microseconds; 0 turns polling off. */
+  constructor(maxUs: number, now: Clock = performance.now.bind(performance),
     schedule: Schedule = nextTurn) {
-    this.#windowMs = checkWindow(windowUs) / 1000;
+    this.#maxMs = checkWindow(maxUs) / 1000;
     this.#now = now;
     this.#schedule = schedule;
   }
 
-  /** setWindow changes the window; an open window runs to its old end. */
-  setWindow(windowUs: number): void {
-    this.#windowMs = checkWindow(windowUs) / 1000;
+  /** setMaxWindow changes the longest window; an open window runs to its old end. */
+  setMaxWindow(maxUs: number): void {
+    this.#maxMs = checkWindow(maxUs) / 1000;
+    this.#windowMs = Math.min(this.#windowMs, this.#maxMs);
   }
 
-  /** windowUs is the current window in microseconds. */
+  /** windowUs is the window the next read would open, in microseconds. */
   get windowUs(): number {
     return Math.round(this.#windowMs * 1000);
   }
@@ -69,16 +81,40 @@ export class BusyPoll {
     return (this.#spentMs + open) / 1000;
   }
 
+  /** reads counts the small reads seen while polling was on. */
+  get reads(): number {
+    return this.#reads;
+  }
+
   /** windows counts the windows opened: reads that found the loop about to sleep. */
   get windows(): number {
     return this.#windows;
   }
 
-  /** afterRead opens a window, or moves the end of the open one to a window from now. */
-  afterRead(): void {
-    if (this.#windowMs === 0) return;
+  /**
+   * afterRead adapts the window to the pause since the last small read and opens it, or moves
+   * the end of the open one to a window from now. A read of BULK_READ bytes or more opens
+   * none, and for BULK_QUIET_MS after it neither do small ones.
+   */
+  afterRead(bytes: number): void {
+    const max = this.#maxMs;
+    if (max === 0) return;
     const now = this.#now();
-    this.#until = now + this.#windowMs;
+    if (bytes >= BULK_READ) {
+      this.#bulkAt = now;
+      return;
+    }
+    if (now - this.#bulkAt < BULK_QUIET_MS) return;
+    this.#reads++;
+    const pause = now - this.#lastReadAt;
+    this.#lastReadAt = now;
+    if (pause <= max) {
+      this.#windowMs = Math.min(max, Math.max(this.#windowMs * 2, max / 4));
+    } else {
+      this.#windowMs = this.#windowMs / 2 < max / 8 ? 0 : this.#windowMs / 2;
+    }
+    if (this.#windowMs === 0) return;
+    this.#until = Math.max(this.#until, now + this.#windowMs);
     if (this.#spinning) return;
     this.#spinning = true;
     this.#openedAt = now;
@@ -96,6 +132,16 @@ export class BusyPoll {
     this.#spentMs += now - this.#openedAt;
   }
 }
+
+/** BULK_READ is the size of a read that opens no window: a full TLS record's plaintext. */
+export const BULK_READ = 16 * 1024;
+
+/**
+ * BULK_QUIET_MS is how long after a bulk read small reads open no window either. While a
+ * transfer runs the loop is busy anyway, and the small reads beside it (yamux window updates,
+ * the tail of a socket's data) would only spin the core its other end needs.
+ */
+export const BULK_QUIET_MS = 2;
 
 // A window longer than a millisecond would spin through pauses no wake-up is worth avoiding.
 const MAX_WINDOW_US = 1000;

@@ -70,7 +70,7 @@ export function readInto(socket: unknown, buffer: Buffer, onRead: OnRead): Buffe
   const call = (n: number, buf: Buffer) => {
     const more = onRead(buf.subarray(0, n));
     // The next read is likely to follow soon: see busy-poll.ts.
-    busyPoll.afterRead();
+    busyPoll.afterRead(n);
     return more;
   };
   internals[fields.buffer] = buffer;
