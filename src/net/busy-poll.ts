@@ -41,6 +41,7 @@ export class BusyPoll {
   #windowMs = 0;
   readonly #now: Clock;
   readonly #schedule: Schedule;
+  readonly #sliceMs: number;
   #lastReadAt = Number.NEGATIVE_INFINITY;
   #bulkAt = Number.NEGATIVE_INFINITY;
   #until = 0;
@@ -51,12 +52,15 @@ export class BusyPoll {
   #reads = 0;
   readonly #turn = () => this.#spin();
 
-  /** maxUs is the longest window, in microseconds; 0 turns polling off. */
-  constructor(maxUs: number, now: Clock = performance.now.bind(performance),
-    schedule: Schedule = nextTurn) {
+  /**
+   * maxUs is the longest window, in microseconds; 0 turns polling off. Tests give their own
+   * clock and scheduler, and then a slice of 0.
+   */
+  constructor(maxUs: number, opts: { now?: Clock; schedule?: Schedule; sliceUs?: number } = {}) {
     this.#maxMs = checkWindow(maxUs) / 1000;
-    this.#now = now;
-    this.#schedule = schedule;
+    this.#now = opts.now ?? performance.now.bind(performance);
+    this.#schedule = opts.schedule ?? nextTurn;
+    this.#sliceMs = (opts.sliceUs ?? SLICE_US) / 1000;
   }
 
   /** setMaxWindow changes the longest window; an open window runs to its old end. */
@@ -108,7 +112,7 @@ export class BusyPoll {
     this.#reads++;
     const pause = now - this.#lastReadAt;
     this.#lastReadAt = now;
-    if (pause <= max) {
+    if (pause <= GROW_LIMIT * max) {
       this.#windowMs = Math.min(max, Math.max(this.#windowMs * 2, max / 4));
     } else {
       this.#windowMs = this.#windowMs / 2 < max / 8 ? 0 : this.#windowMs / 2;
@@ -123,8 +127,13 @@ export class BusyPoll {
   }
 
   #spin(): void {
-    const now = this.#now();
+    let now = this.#now();
     if (now < this.#until) {
+      // Each turn allocates an immediate, and a turn with nothing to do takes about a
+      // microsecond: turning flat out would make tens of kilobytes of garbage per round trip.
+      // Waiting out a slice here first makes a few, for at most a slice's delay to a read.
+      const end = Math.min(this.#until, now + this.#sliceMs);
+      while (now < end) now = this.#now();
       this.#schedule(this.#turn);
       return;
     }
@@ -132,6 +141,17 @@ export class BusyPoll {
     this.#spentMs += now - this.#openedAt;
   }
 }
+
+/** SLICE_US is how long a turn of an open window waits before it lets the loop poll again. */
+export const SLICE_US = 5;
+
+/**
+ * GROW_LIMIT: a read that comes within this many longest windows of the one before grows the
+ * window; one after a longer pause shrinks it. More than one, since a pause measured while the
+ * loop slept includes the wake-up that polling would have saved: a round trip that polling
+ * makes 60 µs may take 110 µs without it, and must not keep the window shut.
+ */
+export const GROW_LIMIT = 2;
 
 /** BULK_READ is the size of a read that opens no window: a full TLS record's plaintext. */
 export const BULK_READ = 16 * 1024;

@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
-import { BULK_QUIET_MS, BULK_READ, BusyPoll, busyPoll } from '../../src/net/busy-poll.ts';
+import { BULK_QUIET_MS, BULK_READ, BusyPoll, SLICE_US, busyPoll } from '../../src/net/busy-poll.ts';
 import { readInto } from '../../src/net/read-into.ts';
 import { loadSettings } from '../../src/settings.ts';
 
@@ -19,6 +19,10 @@ function manual() {
     now: () => m.ms,
     schedule: (fn: () => void) => {
       queue.push(fn);
+    },
+    /** opts are BusyPoll's options for this clock: no slice, which would wait for ever. */
+    get opts() {
+      return { now: m.now, schedule: m.schedule, sliceUs: 0 };
     },
     /** turn runs what the last turn scheduled, as the event loop would. */
     turn(): void {
@@ -40,7 +44,7 @@ function manual() {
 
 test('reads close together grow the window to the longest; the loop turns through it', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.now, m.schedule);
+  const poll = new BusyPoll(100, m.opts);
   const windows: number[] = [];
   for (let i = 0; i < 5; i++) {
     poll.afterRead(64);
@@ -67,7 +71,7 @@ test('reads close together grow the window to the longest; the loop turns throug
 
 test('reads far apart shrink the window to none, and then the loop sleeps at once', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.now, m.schedule);
+  const poll = new BusyPoll(100, m.opts);
   for (let i = 0; i < 4; i++) {
     poll.afterRead(64);
     m.ms += 0.01;
@@ -91,7 +95,7 @@ test('reads far apart shrink the window to none, and then the loop sleeps at onc
 
 test('a read inside an open window moves its end instead of opening another', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.now, m.schedule);
+  const poll = new BusyPoll(100, m.opts);
   poll.afterRead(64);
   m.ms += 0.01;
   poll.afterRead(64); // 25 µs window, to 1000.035
@@ -110,7 +114,7 @@ test('a read inside an open window moves its end instead of opening another', ()
 
 test('bulk reads, and small reads just after them, neither open a window nor count', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.now, m.schedule);
+  const poll = new BusyPoll(100, m.opts);
   for (let i = 0; i < 4; i++) {
     poll.afterRead(BULK_READ);
     m.ms += 0.01;
@@ -132,7 +136,7 @@ test('bulk reads, and small reads just after them, neither open a window nor cou
 
 test('a longest window of 0 schedules nothing; it can be changed, within 0 to 1000 µs', () => {
   const m = manual();
-  const poll = new BusyPoll(0, m.now, m.schedule);
+  const poll = new BusyPoll(0, m.opts);
   poll.afterRead(64);
   poll.afterRead(64);
   assert.equal(m.queue.length, 0);
@@ -158,6 +162,23 @@ test('GATEWAY_BUSY_POLL_US: 100 by default, 0 to 1000, anything else refused by 
     assert.throws(() => loadSettings({ GATEWAY_BUSY_POLL_US: bad }),
       /GATEWAY_BUSY_POLL_US \(busyPollUs\): must be a whole number of microseconds/);
   }
+});
+
+test('each turn of an open window waits out a slice first, so turns are few', () => {
+  // With the real clock: a 1000 µs window in slices of SLICE_US is at most 1000 / SLICE_US
+  // turns, each an immediate allocated, however quickly the loop itself turns.
+  let turns = 0;
+  const poll = new BusyPoll(1000, { schedule: (fn) => {
+    turns++;
+    queueMicrotask(fn);
+  } });
+  poll.afterRead(64);
+  poll.afterRead(64); // opens a 250 µs window; the microtasks run it to its end
+  return new Promise<void>((resolve) => setImmediate(() => {
+    assert.equal(poll.spinning, false);
+    assert.ok(turns >= 1 && turns <= 250 / SLICE_US + 1, String(turns));
+    resolve();
+  }));
 });
 
 test('on the real event loop a window turns the loop until it ends, then the process exits', () => {
