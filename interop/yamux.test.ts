@@ -11,7 +11,7 @@ import { buildGo } from '../scripts/build-go.ts';
 import { FLAG_ACK, FLAG_SYN, TYPE_PING } from '../src/tunnel/yamux/const.ts';
 import { FrameDecoder } from '../src/tunnel/yamux/frame.ts';
 import {
-  INITIAL_STREAM_WINDOW, Session, type SessionOptions, type Stream, YamuxError,
+  INITIAL_STREAM_WINDOW, READ_BUFFER_SIZE, Session, type SessionOptions, type Stream, YamuxError,
 } from '../src/tunnel/yamux/index.ts';
 import { type GoEvent, type GoPeer, spawnGoPeer } from './lib/go-bin.ts';
 
@@ -229,8 +229,9 @@ describe('yamux interop with hashicorp/yamux (Go)', () => {
     assert.equal(h.digest('hex'), sent.sent_sha256);
     assert.ok(worst <= INITIAL_STREAM_WINDOW, `stream buffered ${worst} bytes`);
     // Beyond the window, only the Readable's and the consumer's buffers hold data: each up to
-    // its high-water mark plus one chunk (socket reads are at most 64 KiB).
-    const slack = stream.readableHighWaterMark + slow.writableHighWaterMark + 2 * 64 * 1024;
+    // its high-water mark plus one chunk (socket reads are at most READ_BUFFER_SIZE).
+    const slack = stream.readableHighWaterMark + slow.writableHighWaterMark +
+      2 * READ_BUFFER_SIZE;
     assert.ok(worstUnread <= INITIAL_STREAM_WINDOW + slack, `unread peaked at ${worstUnread}`);
     assert.ok(worst >= INITIAL_STREAM_WINDOW / 2, 'the reader never fell behind: test too weak');
     await finish(c);

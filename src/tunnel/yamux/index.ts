@@ -1,5 +1,5 @@
 // Public API of the yamux implementation: sessions, streams, options and errors.
-export { Session } from './session.ts';
+export { READ_BUFFER_SIZE, Session } from './session.ts';
 export { Stream } from './stream.ts';
 export {
   DEFAULT_ACCEPT_BACKLOG, DEFAULT_CONNECTION_WRITE_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS,
