@@ -203,7 +203,7 @@ const schema = {
     format: 'positive-int', default: 4096, env: 'GATEWAY_MAX_PASSTHROUGH',
   },
   busyPollUs: {
-    doc: 'After each read, keep the event loop polling this many microseconds before it ' +
+    doc: 'After each small read, keep the event loop polling this many microseconds before it ' +
       'sleeps (0 to 1000; 0 is off): shorter round trips for some CPU time.',
     format: 'busy-poll-us', default: 100, env: 'GATEWAY_BUSY_POLL_US',
   },

@@ -181,7 +181,7 @@ export class Sidecar {
         'and peers will be told a loopback URL');
     }
     // One event loop, so one window for the process: the last sidecar started sets it.
-    busyPoll.setMaxWindow(s.busyPollUs);
+    busyPoll.setWindow(s.busyPollUs);
     this.#listening = true;
     this.log.info({
       listen: `${this.#frontAddress.address}:${this.#frontAddress.port}`,

@@ -11,16 +11,15 @@
 // blocking. Reads, timers and writes are all still handled on every turn; nothing waits.
 //
 // The cost is CPU time while a window is open and nothing arrives. A sidecar that reads nothing
-// spins not at all, and one that is busy was awake anyway. In between, the window adapts, as
-// Linux's haltpoll does for idle CPUs: a read that comes within the longest window of the one
-// before it doubles the window, since waiting that long would have caught it; a read after a
-// longer pause halves it, down to none. Traffic whose reads are further apart than the longest
-// window, on which a window only wastes time, so soon costs nothing. Only small reads count,
-// and only away from bulk transfers: round trips are made of small reads, and a transfer,
-// which fills its reads and keeps the loop busy, gains nothing.
+// spins not at all, and one that is busy was awake anyway. In between, windows that do not pay
+// back off. A window pays when it lasted no longer than one window per read it caught (each a
+// wake-up saved). After one that did not, the next small read opens none; after two in a row
+// the next two open none, and so on up to MAX_BACKOFF, until a window pays again. Traffic whose reads are further apart than the window (typing in a
+// shell) so spends at most one window in MAX_BACKOFF + 1 reads. Only small reads count, and
+// only away from bulk transfers: round trips are made of small reads, and a transfer, which
+// fills its reads and keeps the loop busy, gains nothing.
 //
-// The longest window is a setting (GATEWAY_BUSY_POLL_US, 0 turns it off); the time spent is a
-// metric.
+// The window is a setting (GATEWAY_BUSY_POLL_US, 0 turns it off); the time spent is a metric.
 import { performance } from 'node:perf_hooks';
 
 /** Clock gives the current time in milliseconds, as performance.now does. */
@@ -37,39 +36,39 @@ const nextTurn: Schedule = (fn) => {
 
 /** BusyPoll keeps the event loop polling for a window of time after each small read. */
 export class BusyPoll {
-  #maxMs: number;
-  #windowMs = 0;
+  #windowMs: number;
   readonly #now: Clock;
   readonly #schedule: Schedule;
   readonly #sliceMs: number;
-  #lastReadAt = Number.NEGATIVE_INFINITY;
   #bulkAt = Number.NEGATIVE_INFINITY;
   #until = 0;
   #openedAt = 0;
   #spinning = false;
+  #caught = 0;
+  #backoff = 0;
+  #skip = 0;
   #spentMs = 0;
   #windows = 0;
   #reads = 0;
   readonly #turn = () => this.#spin();
 
   /**
-   * maxUs is the longest window, in microseconds; 0 turns polling off. Tests give their own
-   * clock and scheduler, and then a slice of 0.
+   * windowUs is how long to poll after a small read, in microseconds; 0 turns polling off.
+   * Tests give their own clock and scheduler.
    */
-  constructor(maxUs: number, opts: { now?: Clock; schedule?: Schedule; sliceUs?: number } = {}) {
-    this.#maxMs = checkWindow(maxUs) / 1000;
+  constructor(windowUs: number, opts: { now?: Clock; schedule?: Schedule; sliceUs?: number } = {}) {
+    this.#windowMs = checkWindow(windowUs) / 1000;
     this.#now = opts.now ?? performance.now.bind(performance);
     this.#schedule = opts.schedule ?? nextTurn;
     this.#sliceMs = (opts.sliceUs ?? SLICE_US) / 1000;
   }
 
-  /** setMaxWindow changes the longest window; an open window runs to its old end. */
-  setMaxWindow(maxUs: number): void {
-    this.#maxMs = checkWindow(maxUs) / 1000;
-    this.#windowMs = Math.min(this.#windowMs, this.#maxMs);
+  /** setWindow changes the window; an open window runs to its old end. */
+  setWindow(windowUs: number): void {
+    this.#windowMs = checkWindow(windowUs) / 1000;
   }
 
-  /** windowUs is the window the next read would open, in microseconds. */
+  /** windowUs is the window, in microseconds. */
   get windowUs(): number {
     return Math.round(this.#windowMs * 1000);
   }
@@ -77,6 +76,11 @@ export class BusyPoll {
   /** spinning tells whether a window is open now. */
   get spinning(): boolean {
     return this.#spinning;
+  }
+
+  /** backoff is how many small reads after a window that caught nothing open none. */
+  get backoff(): number {
+    return this.#backoff;
   }
 
   /** spentSeconds is the time windows have been open, closed ones and the current one. */
@@ -90,19 +94,19 @@ export class BusyPoll {
     return this.#reads;
   }
 
-  /** windows counts the windows opened: reads that found the loop about to sleep. */
+  /** windows counts the windows opened. */
   get windows(): number {
     return this.#windows;
   }
 
   /**
-   * afterRead adapts the window to the pause since the last small read and opens it, or moves
-   * the end of the open one to a window from now. A read of BULK_READ bytes or more opens
+   * afterRead opens a window, or moves the end of the open one to a window from now, after a
+   * small read, unless the backoff says to skip it. A read of BULK_READ bytes or more opens
    * none, and for BULK_QUIET_MS after it neither do small ones.
    */
   afterRead(bytes: number): void {
-    const max = this.#maxMs;
-    if (max === 0) return;
+    const window = this.#windowMs;
+    if (window === 0) return;
     const now = this.#now();
     if (bytes >= BULK_READ) {
       this.#bulkAt = now;
@@ -110,17 +114,18 @@ export class BusyPoll {
     }
     if (now - this.#bulkAt < BULK_QUIET_MS) return;
     this.#reads++;
-    const pause = now - this.#lastReadAt;
-    this.#lastReadAt = now;
-    if (pause <= GROW_LIMIT * max) {
-      this.#windowMs = Math.min(max, Math.max(this.#windowMs * 2, max / 4));
-    } else {
-      this.#windowMs = this.#windowMs / 2 < max / 8 ? 0 : this.#windowMs / 2;
+    if (this.#spinning) {
+      this.#caught++;
+      this.#until = now + window;
+      return;
     }
-    if (this.#windowMs === 0) return;
-    this.#until = Math.max(this.#until, now + this.#windowMs);
-    if (this.#spinning) return;
+    if (this.#skip > 0) {
+      this.#skip--;
+      return;
+    }
+    this.#until = now + window;
     this.#spinning = true;
+    this.#caught = 0;
     this.#openedAt = now;
     this.#windows++;
     this.#schedule(this.#turn);
@@ -138,20 +143,23 @@ export class BusyPoll {
       return;
     }
     this.#spinning = false;
-    this.#spentMs += now - this.#openedAt;
+    const spent = now - this.#openedAt;
+    this.#spentMs += spent;
+    // Worth it if it cost no more than a window per read it caught, each a wake-up saved.
+    if (this.#caught > 0 && spent <= this.#caught * this.#windowMs) {
+      this.#backoff = 0;
+    } else {
+      this.#backoff = Math.min(MAX_BACKOFF, Math.max(1, this.#backoff * 2));
+      this.#skip = this.#backoff;
+    }
   }
 }
 
 /** SLICE_US is how long a turn of an open window waits before it lets the loop poll again. */
 export const SLICE_US = 5;
 
-/**
- * GROW_LIMIT: a read that comes within this many longest windows of the one before grows the
- * window; one after a longer pause shrinks it. More than one, since a pause measured while the
- * loop slept includes the wake-up that polling would have saved: a round trip that polling
- * makes 60 µs may take 110 µs without it, and must not keep the window shut.
- */
-export const GROW_LIMIT = 2;
+/** MAX_BACKOFF is the most small reads skipped after windows that caught nothing. */
+export const MAX_BACKOFF = 64;
 
 /** BULK_READ is the size of a read that opens no window: a full TLS record's plaintext. */
 export const BULK_READ = 16 * 1024;

@@ -6,7 +6,9 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
-import { BULK_QUIET_MS, BULK_READ, BusyPoll, SLICE_US, busyPoll } from '../../src/net/busy-poll.ts';
+import {
+  BULK_QUIET_MS, BULK_READ, BusyPoll, MAX_BACKOFF, SLICE_US, busyPoll,
+} from '../../src/net/busy-poll.ts';
 import { readInto } from '../../src/net/read-into.ts';
 import { loadSettings } from '../../src/settings.ts';
 
@@ -42,74 +44,88 @@ function manual() {
   return m;
 }
 
-test('reads close together grow the window to the longest; the loop turns through it', () => {
+test('a small read opens a window; the loop turns through it, then lets go', () => {
   const m = manual();
   const poll = new BusyPoll(100, m.opts);
-  const windows: number[] = [];
-  for (let i = 0; i < 5; i++) {
+  poll.afterRead(64);
+  assert.equal(poll.spinning, true);
+  assert.equal(poll.windows, 1);
+  // Turns every 10 µs: 10, ..., 90 µs are inside the window; the turn at 100 µs lets go.
+  const turns = m.runOut(0.01);
+  assert.ok(turns === 10 || turns === 11, String(turns)); // 11 where decimal steps round down
+  assert.equal(poll.spinning, false);
+  assert.ok(Math.abs(poll.spentSeconds - 100e-6) <= 10e-6, String(poll.spentSeconds));
+});
+
+test('a read inside an open window moves its end, and a window that caught one goes on', () => {
+  const m = manual();
+  const poll = new BusyPoll(100, m.opts);
+  for (let i = 0; i < 20; i++) {
     poll.afterRead(64);
-    windows.push(poll.windowUs);
-    if (i > 0) assert.equal(poll.spinning, true);
-    // 50 µs later, within the longest window: the loop turns every 10 µs until then.
-    m.ms += 0.05;
+    m.ms += 0.06; // an answer 60 µs later: inside the window
+    m.turn();
+    assert.equal(poll.spinning, true);
+  }
+  assert.equal(poll.windows, 1, 'one window, moved on by each read');
+  assert.equal(m.queue.length, 1, 'one turn in flight, not one per read');
+  m.runOut(0.01);
+  assert.equal(poll.backoff, 0, 'it caught reads, so the next read polls again');
+  poll.afterRead(64);
+  assert.equal(poll.windows, 2);
+});
+
+test('windows that catch nothing back off, up to MAX_BACKOFF reads, and a catch resets it', () => {
+  const m = manual();
+  const poll = new BusyPoll(100, m.opts);
+  const opened: number[] = [];
+  for (let read = 1; read <= 200; read++) {
+    const before = poll.windows;
+    poll.afterRead(64);
+    if (poll.windows > before) opened.push(read);
+    m.runOut(0.01);
+    m.ms += 1; // a millisecond apart: no window catches the next read
+  }
+  // Skips of 1, 2, 4, ... 64, 64: the reads that opened a window.
+  assert.deepEqual(opened, [1, 3, 6, 11, 20, 37, 70, 135, 200]);
+  assert.equal(poll.backoff, MAX_BACKOFF);
+  // Reads come close together again: the first that polls catches the next, and the backoff
+  // is gone.
+  for (let i = 0; i <= MAX_BACKOFF; i++) poll.afterRead(64);
+  assert.equal(poll.spinning, true);
+  poll.afterRead(64);
+  m.runOut(0.01);
+  assert.equal(poll.backoff, 0);
+});
+
+test('a window that caught a read but cost more than a window per catch backs off too', () => {
+  const m = manual();
+  const poll = new BusyPoll(100, m.opts);
+  poll.afterRead(64);
+  m.ms += 0.09;
+  m.turn();
+  poll.afterRead(64); // caught at 90 µs; the window now ends at 190 µs
+  m.runOut(0.01);
+  // Open 190 µs for one wake-up saved: more than the 100 µs it may cost.
+  assert.equal(poll.backoff, 1);
+  const before = poll.windows;
+  poll.afterRead(64);
+  assert.equal(poll.windows, before, 'the next read was skipped');
+});
+
+test('reads just too far apart for the window cost a window per MAX_BACKOFF reads at most', () => {
+  // 150 µs apart with a 100 µs window: every window ends before the next read.
+  const m = manual();
+  const poll = new BusyPoll(100, m.opts);
+  const reads = 10_000;
+  for (let i = 0; i < reads; i++) {
+    poll.afterRead(64);
+    m.ms += 0.15;
     m.turn();
   }
-  // The first read follows no other, so it opens nothing; each later one doubles the window.
-  assert.deepEqual(windows, [0, 25, 50, 100, 100]);
-  // The last window (100 µs) was opened 50 µs ago: five more turns of 10 µs close it (six,
-  // where the clock's decimal steps round down).
-  const turns = m.runOut(0.01);
-  assert.ok(turns === 5 || turns === 6, String(turns));
-  assert.equal(poll.spinning, false);
-  // The 25 and 50 µs windows closed before the next read came; the 100 µs one caught the last
-  // two reads and was moved on by each.
-  assert.equal(poll.windows, 3);
-  // The 25 and 50 µs windows stayed open 50 µs each, until the turn that found them over; the
-  // last one from the fourth read (at 150 µs) to 100 µs after the fifth (at 200 µs): 250 µs.
-  assert.ok(Math.abs(poll.spentSeconds - 0.25e-3) <= 0.011e-3, String(poll.spentSeconds));
-});
-
-test('reads far apart shrink the window to none, and then the loop sleeps at once', () => {
-  const m = manual();
-  const poll = new BusyPoll(100, m.opts);
-  for (let i = 0; i < 4; i++) {
-    poll.afterRead(64);
-    m.ms += 0.01;
-  }
-  assert.equal(poll.windowUs, 100);
   m.runOut(0.01);
-  const windows: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    m.ms += 5; // a keystroke's pace
-    poll.afterRead(64);
-    windows.push(poll.windowUs);
-    m.runOut(0.01);
-  }
-  assert.deepEqual(windows, [50, 25, 13, 0, 0]);
-  const before = poll.windows;
-  m.ms += 5;
-  poll.afterRead(64);
-  assert.equal(poll.windows, before);
-  assert.equal(m.queue.length, 0, 'nothing scheduled');
-});
-
-test('a read inside an open window moves its end instead of opening another', () => {
-  const m = manual();
-  const poll = new BusyPoll(100, m.opts);
-  poll.afterRead(64);
-  m.ms += 0.01;
-  poll.afterRead(64); // 25 µs window, to 1000.035
-  m.ms += 0.02;
-  m.turn();
-  poll.afterRead(64); // 50 µs window from 1000.03, to 1000.08
-  assert.equal(m.queue.length, 1, 'one turn in flight, not two');
-  m.ms += 0.04;
-  m.turn();
-  assert.equal(poll.spinning, true, 'at 1000.07 the moved window is still open');
-  m.ms += 0.01;
-  m.turn();
-  assert.equal(poll.spinning, false);
-  assert.equal(poll.windows, 1);
+  assert.ok(poll.windows <= reads / (MAX_BACKOFF + 1) + 10, String(poll.windows));
+  // Each window stays open until the turn that finds it over, here the next read's.
+  assert.ok(poll.spentSeconds <= poll.windows * 150e-6 + 1e-9, String(poll.spentSeconds));
 });
 
 test('bulk reads, and small reads just after them, neither open a window nor count', () => {
@@ -120,7 +136,6 @@ test('bulk reads, and small reads just after them, neither open a window nor cou
     m.ms += 0.01;
   }
   assert.equal(poll.reads, 0);
-  assert.equal(poll.windowUs, 0);
   assert.equal(m.queue.length, 0);
   // Small reads beside a transfer (window updates, a socket's last bytes) open none either.
   poll.afterRead(12);
@@ -129,29 +144,41 @@ test('bulk reads, and small reads just after them, neither open a window nor cou
   assert.equal(m.queue.length, 0);
   m.ms += BULK_QUIET_MS;
   poll.afterRead(BULK_READ - 1);
-  poll.afterRead(BULK_READ - 1);
-  assert.equal(poll.reads, 2);
+  assert.equal(poll.reads, 1);
   assert.equal(poll.spinning, true);
 });
 
-test('a longest window of 0 schedules nothing; it can be changed, within 0 to 1000 µs', () => {
+test('a window of 0 schedules nothing; it can be changed, within 0 to 1000 µs', () => {
   const m = manual();
   const poll = new BusyPoll(0, m.opts);
   poll.afterRead(64);
-  poll.afterRead(64);
   assert.equal(m.queue.length, 0);
   assert.equal(poll.reads, 0);
-  poll.setMaxWindow(200);
+  poll.setWindow(200);
+  assert.equal(poll.windowUs, 200);
   poll.afterRead(64);
+  assert.equal(m.queue.length, 1);
+  assert.throws(() => poll.setWindow(-1), RangeError);
+  assert.throws(() => poll.setWindow(1001), RangeError);
+  assert.throws(() => poll.setWindow(Number.NaN), RangeError);
+  assert.equal(poll.windowUs, 200, 'a refused window changes nothing');
+});
+
+test('each turn of an open window waits out a slice first, so turns are few', () => {
+  // A clock that moves 0.1 µs each time it is read, as a busy loop reading it would see.
+  // Turning flat out would be about a thousand turns in a 100 µs window, each an immediate
+  // allocated; in slices of SLICE_US it is a few.
+  const m = manual();
+  const ticking = { ...m.opts, sliceUs: SLICE_US, now: () => (m.ms += 0.0001) };
+  const poll = new BusyPoll(100, ticking);
   poll.afterRead(64);
-  poll.afterRead(64);
-  assert.equal(poll.windowUs, 100);
-  poll.setMaxWindow(40);
-  assert.equal(poll.windowUs, 40, 'a lower limit cuts the window down');
-  assert.throws(() => poll.setMaxWindow(-1), RangeError);
-  assert.throws(() => poll.setMaxWindow(1001), RangeError);
-  assert.throws(() => poll.setMaxWindow(Number.NaN), RangeError);
-  assert.equal(poll.windowUs, 40, 'a refused limit changes nothing');
+  let turns = 0;
+  while (m.queue.length > 0 && turns < 10_000) {
+    m.turn();
+    turns++;
+  }
+  assert.equal(poll.spinning, false);
+  assert.ok(turns <= 100 / SLICE_US + 2, String(turns));
 });
 
 test('GATEWAY_BUSY_POLL_US: 100 by default, 0 to 1000, anything else refused by name', () => {
@@ -164,31 +191,13 @@ test('GATEWAY_BUSY_POLL_US: 100 by default, 0 to 1000, anything else refused by 
   }
 });
 
-test('each turn of an open window waits out a slice first, so turns are few', () => {
-  // With the real clock: a 1000 µs window in slices of SLICE_US is at most 1000 / SLICE_US
-  // turns, each an immediate allocated, however quickly the loop itself turns.
-  let turns = 0;
-  const poll = new BusyPoll(1000, { schedule: (fn) => {
-    turns++;
-    queueMicrotask(fn);
-  } });
-  poll.afterRead(64);
-  poll.afterRead(64); // opens a 250 µs window; the microtasks run it to its end
-  return new Promise<void>((resolve) => setImmediate(() => {
-    assert.equal(poll.spinning, false);
-    assert.ok(turns >= 1 && turns <= 250 / SLICE_US + 1, String(turns));
-    resolve();
-  }));
-});
-
 test('on the real event loop a window turns the loop until it ends, then the process exits', () => {
   const script = `
     import { BusyPoll } from ${JSON.stringify(new URL('../../src/net/busy-poll.ts',
       import.meta.url).href)};
     const poll = new BusyPoll(1000);
     poll.afterRead(64);
-    poll.afterRead(64);
-    process.on('exit', () => { console.log(poll.spinning, poll.spentSeconds >= 250e-6); });
+    process.on('exit', () => { console.log(poll.spinning, poll.spentSeconds >= 1e-3); });
   `;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script],
     { encoding: 'utf8', timeout: 20_000 });
@@ -211,9 +220,9 @@ test('reads through readInto reach the process poller, small ones only', async (
     client.destroy();
     peer.destroy();
     server.close();
-    busyPoll.setMaxWindow(0);
+    busyPoll.setWindow(0);
   });
-  busyPoll.setMaxWindow(200);
+  busyPoll.setWindow(200);
   const before = busyPoll.reads;
   const sizes: number[] = [];
   let lastBulk = Number.NEGATIVE_INFINITY;
