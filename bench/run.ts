@@ -9,8 +9,8 @@
 //   --node-flags  extra flags for the sidecar's node (e.g. "--max-semi-space-size=64"), for
 //              tuning experiments; they are recorded in the results
 //   --sidecar-main  run the sidecar from another tree's src/main.ts (A/B trials of a patch)
-//   --sidecar-env  NAME=VALUE settings for the sidecar, comma-separated (A/B trials of a
-//              setting, e.g. GATEWAY_BUSY_POLL_US=0); they are recorded in the results
+//   --sidecar-env  NAME=VALUE: a setting for the sidecar (A/B trials of a setting, e.g.
+//              GATEWAY_BUSY_POLL_US=0), repeatable; recorded in the results and the notes
 //   --keep     keep the work directory (the sidecar's logs) after the run
 //   --only     comma-separated groups (tunnel, direct, log, slow, rtt, idle, accept) or
 //              throughput line ids (tunnel-up-1, tunnel-down-8, direct-up-1, ...)
@@ -22,6 +22,7 @@ import { cpus, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LocalCluster } from '../src/demo/cluster.ts';
+import { describeSettings } from '../src/settings.ts';
 import { formatSummary, summarize, type CpuProfile } from './lib/cpuprofile.ts';
 import { ProcessGroup, RssSampler, cpuTimes, rssBytes, type ProcEvent } from './lib/procs.ts';
 import {
@@ -115,7 +116,7 @@ function parseOptions(argv: string[]): Options {
       'node-flags': { type: 'string' },
       keep: { type: 'boolean', default: false },
       'sidecar-main': { type: 'string' },
-      'sidecar-env': { type: 'string' },
+      'sidecar-env': { type: 'string', multiple: true },
     },
   });
   const smoke = values.smoke || process.env.BENCH_SMOKE === '1';
@@ -143,9 +144,12 @@ function parseOptions(argv: string[]): Options {
   const nodeFlags = (values['node-flags'] ?? '').split(/\s+/).filter(Boolean);
   const sidecarMain = values['sidecar-main'] ?? join(ROOT, 'src', 'main.ts');
   const sidecarEnv: Record<string, string> = {};
-  for (const pair of (values['sidecar-env'] ?? '').split(',').filter(Boolean)) {
-    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(pair.trim());
-    if (!m) throw new Error(`--sidecar-env wants NAME=VALUE pairs, not ${pair}`);
+  const settings = new Set(describeSettings().map((d) => d.env));
+  for (const pair of values['sidecar-env'] ?? []) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(pair);
+    if (!m) throw new Error(`--sidecar-env wants NAME=VALUE, not ${pair}`);
+    // The sidecar ignores variables it does not know: a misspelt one would measure the default.
+    if (!settings.has(m[1])) throw new Error(`--sidecar-env: ${m[1]} is not a sidecar setting`);
     sidecarEnv[m[1]] = m[2];
   }
   return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, sidecarEnv, keep: values.keep,
@@ -539,6 +543,12 @@ function standingNotes(b: Bench): string[] {
       `open-files limits: sidecar ${b.limits.sidecar ?? '?'}, Go ref ${b.limits.go ?? '?'}, ` +
       `tunnel client ${b.limits.client ?? '?'}.`,
   ];
+  const env = Object.entries(b.opts.sidecarEnv).map(([k, v]) => `${k}=${v}`);
+  if (env.length > 0) notes.push(`Sidecar settings for this run: ${env.join(', ')}.`);
+  if (b.opts.smoke) {
+    notes.push('Smoke sizes: they check that every line runs, and their figures and budget ' +
+      'verdicts mean nothing; the CPU lines need full sizes and are left out.');
+  }
   for (const line of b.lines) if (line.note) notes.push(`${line.title}: ${line.note}.`);
   return notes;
 }
