@@ -24,7 +24,9 @@ import { parseArgs } from 'node:util';
 import { LocalCluster } from '../src/demo/cluster.ts';
 import { describeSettings } from '../src/settings.ts';
 import { formatSummary, summarize, type CpuProfile } from './lib/cpuprofile.ts';
-import { ProcessGroup, RssSampler, cpuTimes, rssBytes, type ProcEvent } from './lib/procs.ts';
+import {
+  ProcessGroup, RssSampler, cpuSince, cpuTimes, rssBytes, type ProcEvent,
+} from './lib/procs.ts';
 import {
   NOFILE, ROOT, goBin, sleep, startGateway, startReference, startSidecar, waitFor, type Side,
 } from './lib/sides.ts';
@@ -274,10 +276,10 @@ class Bench {
           '-token', this.token, '-streams', String(streams), '-bytes', String(bytes),
           '-dir', dir], timeoutFor(bytes));
         samples[side.name].push(Number(r.mbps));
-        const cpu1 = cpuTimes(side.proc.pid);
+        const used = cpuSince(side.proc.pid, cpu0);
         const gb = Number(r.bytes) / 1e9;
-        cpu[side.name].push((cpu1.user + cpu1.sys - cpu0.user - cpu0.sys) / gb);
-        sys[side.name].push((cpu1.sys - cpu0.sys) / gb);
+        cpu[side.name].push(used.total / gb);
+        sys[side.name].push(used.sys / gb);
       }
     }
     this.record(spec, samples.sidecar, samples.go);
@@ -395,13 +397,13 @@ class Bench {
         const r = await this.client(['rtt', '-url', side.url, '-uuid', TUNNEL,
           '-token', this.token, '-samples', String(this.sizes.rttSamples),
           '-warmup', String(this.sizes.rttWarmup), '-size', '64'], 120_000);
-        const cpu1 = cpuTimes(side.proc.pid);
+        const used = cpuSince(side.proc.pid, cpu0);
         p50[side.name].push(Number(r.p50_us));
         p99[side.name].push(Number(r.p99_us));
         // The session's set-up and teardown are in this too; next to thousands of round trips
         // they are noise.
-        cpu[side.name].push((cpu1.user + cpu1.sys - cpu0.user - cpu0.sys) * 1e6 / trips);
-        sys[side.name].push((cpu1.sys - cpu0.sys) * 1e6 / trips);
+        cpu[side.name].push(used.total * 1e6 / trips);
+        sys[side.name].push(used.sys * 1e6 / trips);
       }
     }
     const n = this.sizes.rttSamples.toLocaleString('en-US');

@@ -222,6 +222,12 @@ export function cpuTimes(pid: number): CpuTimes {
   return { user: Number(fields[11]) / CLOCK_TICKS, sys: Number(fields[12]) / CLOCK_TICKS };
 }
 
+/** cpuSince is the CPU time a process has used since `before` was read: all of it, and system. */
+export function cpuSince(pid: number, before: CpuTimes): { total: number; sys: number } {
+  const now = cpuTimes(pid);
+  return { total: now.user + now.sys - before.user - before.sys, sys: now.sys - before.sys };
+}
+
 /** RssSampler records the highest RSS of a process while it runs, and a coarse series. */
 export class RssSampler {
   readonly #pid: number;
