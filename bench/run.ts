@@ -25,7 +25,7 @@ import { LocalCluster } from '../src/demo/cluster.ts';
 import { describeSettings } from '../src/settings.ts';
 import { formatSummary, summarize, type CpuProfile } from './lib/cpuprofile.ts';
 import {
-  ProcessGroup, RssSampler, cpuSince, cpuTimes, rssBytes, type ProcEvent,
+  ProcessGroup, RssSampler, cpuSince, cpuTimes, rssBytes, type Proc, type ProcEvent,
 } from './lib/procs.ts';
 import {
   NOFILE, ROOT, goBin, sleep, startGateway, startReference, startSidecar, waitFor, type Side,
@@ -180,6 +180,8 @@ class Bench {
   sidecar!: Side;
   go!: Side;
   directAddress = '';
+  /** gateways are the bench gateways' processes, whose CPU counts towards each line's cost. */
+  gateways: Proc[] = [];
 
   constructor(opts: Options) {
     this.opts = opts;
@@ -201,13 +203,15 @@ class Bench {
     direct.interactive_session_started = true;
 
     const gw = await startGateway(this.group, 'gateway-direct', this.root, { listen: true });
+    this.gateways.push(gw.proc);
     this.directAddress = gw.directAddress;
     direct.gateway_address = gw.directAddress;
     await this.startProxies();
     tunnelled.gateway_address = `tunnel ${this.sidecar.url}/`;
-    await startGateway(this.group, 'gateway-tunnel', this.root, {
+    const tunnelGw = await startGateway(this.group, 'gateway-tunnel', this.root, {
       tunnels: [{ url: this.sidecar.url, uuid: TUNNEL }, { url: this.go.url, uuid: TUNNEL }],
     });
+    this.gateways.push(tunnelGw.proc);
     await waitFor(async () => (await this.sidecar.heldTunnels()) === 1 &&
       (await this.go.heldTunnels()) === 1, 10_000, 'the gateway tunnels');
   }
@@ -269,17 +273,23 @@ class Bench {
     const samples: Record<string, number[]> = { sidecar: [], go: [] };
     const cpu: Record<string, number[]> = { sidecar: [], go: [] };
     const sys: Record<string, number[]> = { sidecar: [], go: [] };
+    // The client's and the gateway's CPU per GB: the same programs on both sides, but what the
+    // proxy sends them (frame, record and write sizes) can make them work harder.
+    const peers: Record<string, number[]> = { sidecar: [], go: [] };
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
         const cpu0 = cpuTimes(side.proc.pid);
+        const gw0 = this.gateways.map((g) => cpuTimes(g.pid));
         const r = await this.client(['throughput', '-url', side.url, '-uuid', uuid,
           '-token', this.token, '-streams', String(streams), '-bytes', String(bytes),
           '-dir', dir], timeoutFor(bytes));
         samples[side.name].push(Number(r.mbps));
         const used = cpuSince(side.proc.pid, cpu0);
+        const gwUsed = this.gateways.reduce((t, g, i) => t + cpuSince(g.pid, gw0[i]).total, 0);
         const gb = Number(r.bytes) / 1e9;
         cpu[side.name].push(used.total / gb);
         sys[side.name].push(used.sys / gb);
+        peers[side.name].push((gwUsed + Number(r.cpu_s)) / gb);
       }
     }
     this.record(spec, samples.sidecar, samples.go);
@@ -291,8 +301,11 @@ class Bench {
       id: `cpu-${spec.id}`, title: '↳ proxy CPU time per GB moved',
       unit: 'CPU s/GB', better: 'lower',
     }, cpu.sidecar, cpu.go, undefined, {
-      sidecar: { sys_s_per_gb: median(sys.sidecar) }, go: { sys_s_per_gb: median(sys.go) },
+      sidecar: { sys_s_per_gb: median(sys.sidecar), peers_s_per_gb: median(peers.sidecar) },
+      go: { sys_s_per_gb: median(sys.go), peers_s_per_gb: median(peers.go) },
     });
+    say(`  client + gateway CPU per GB: sidecar's ${median(peers.sidecar).toFixed(2)} s, ` +
+      `go's ${median(peers.go).toFixed(2)} s`);
   }
 
   /** warmUp moves some bytes each way on each side, untimed, so the first timed run of a path

@@ -88,6 +88,24 @@ convict.addFormat({
   },
 });
 
+// A yamux stream's receive window: at least the protocol's 256 KiB, at most 16 MiB.
+const MIN_STREAM_WINDOW = 256 * 1024;
+const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+
+convict.addFormat({
+  name: 'stream-window',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) ||
+      value < MIN_STREAM_WINDOW || value > MAX_STREAM_WINDOW) {
+      throw new Error(`must be a whole number of bytes from ${MIN_STREAM_WINDOW} (256 KiB) to ` +
+        `${MAX_STREAM_WINDOW} (16 MiB)`);
+    }
+  },
+  coerce(value: string) {
+    return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
+  },
+});
+
 const schema = {
   listen: {
     doc: 'Front door host:port. Plain HTTP, or HTTPS when tlsCert and tlsKey are set.',
@@ -186,6 +204,13 @@ const schema = {
     doc: 'Most streams open at once on one tunnel.',
     format: 'positive-int', default: 1024, env: 'GATEWAY_MAX_STREAMS_PER_TUNNEL',
   },
+  tunnelStreamWindow: {
+    doc: 'Bytes a gateway may send on one tunnel stream before this sidecar has passed them on ' +
+      '(the yamux receive window, 256 KiB to 16 MiB). Larger means fewer window updates, so ' +
+      'less CPU on both ends of a busy stream; it is also what a stream whose client reads ' +
+      'slowly may hold in memory.',
+    format: 'stream-window', default: 1024 * 1024, env: 'GATEWAY_TUNNEL_STREAM_WINDOW',
+  },
   maxSessions: {
     doc: 'Most spliced SSH sessions and log transfers at once; more are refused with 503.',
     format: 'positive-int', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
@@ -240,6 +265,7 @@ export interface Settings {
   drainGraceSeconds: number;
   maxTunnels: number;
   maxStreamsPerTunnel: number;
+  tunnelStreamWindow: number;
   maxSessions: number;
   maxSshSessions: number;
   maxLogRequests: number;

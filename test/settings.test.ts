@@ -37,3 +37,17 @@ test('parseHostPort takes IPv4, names and bracketed IPv6', () => {
   assert.equal(parseHostPort(':80'), undefined);
   assert.equal(parseHostPort('x:70000'), undefined);
 });
+
+test('GATEWAY_TUNNEL_STREAM_WINDOW: 1 MiB by default, 256 KiB to 16 MiB, else refused by name',
+  () => {
+    assert.equal(loadSettings({}).tunnelStreamWindow, 1024 * 1024);
+    assert.equal(loadSettings({ GATEWAY_TUNNEL_STREAM_WINDOW: '262144' }).tunnelStreamWindow,
+      262144);
+    assert.equal(loadSettings({ GATEWAY_TUNNEL_STREAM_WINDOW: '16777216' }).tunnelStreamWindow,
+      16777216);
+    for (const bad of ['262143', '16777217', '1MiB', '-1', '']) {
+      assert.throws(() => loadSettings({ GATEWAY_TUNNEL_STREAM_WINDOW: bad }),
+        /GATEWAY_TUNNEL_STREAM_WINDOW \(tunnelStreamWindow\): must be a whole number of bytes/,
+        bad);
+    }
+  });

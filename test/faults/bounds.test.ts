@@ -128,6 +128,31 @@ describe('bounds: full means 503 with Retry-After', () => {
     assert.equal(sidecar.ctx.limits.busy, 0);
   });
 
+  test('GATEWAY_TUNNEL_STREAM_WINDOW: what a gateway may send ahead on a stream', async () => {
+    // The window a stream's opener grants rides on its SYN: a window update whose delta is
+    // what it grants above the protocol's initial 256 KiB.
+    const granted = (received: Buffer[]) => {
+      const bytes = Buffer.concat(received.slice(1));
+      for (let at = 0; at + 12 <= bytes.length;) {
+        const type = bytes[at + 1];
+        const flags = bytes.readUInt16BE(at + 2);
+        const length = bytes.readUInt32BE(at + 8);
+        if (type === 1 && (flags & 1) !== 0) return 256 * 1024 + length;
+        at += 12 + (type === 0 ? length : 0);
+      }
+      return undefined;
+    };
+    for (const [overrides, want] of [[{}, 1024 * 1024], [{ tunnelStreamWindow: 300_000 }, 300_000],
+      [{ tunnelStreamWindow: 256 * 1024 }, 256 * 1024]] as const) {
+      const sidecar = await cluster.startSidecar(overrides);
+      const { uuid, tunnel } = await tunnelled(sidecar, Buffer.alloc(3 * 1024 * 1024, 'w'));
+      const log = await getLog(sidecar, uuid);
+      assert.equal(log.status, 200);
+      assert.equal(log.body.length, 3 * 1024 * 1024);
+      assert.equal(granted(tunnel.received), want, JSON.stringify(overrides));
+    }
+  });
+
   test('GATEWAY_MAX_LOG_REQUESTS', async () => {
     const sidecar = await cluster.startSidecar({ maxLogRequests: 2 });
     const { uuid, gw } = await tunnelled(sidecar);

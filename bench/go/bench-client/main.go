@@ -32,6 +32,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -179,10 +180,12 @@ func throughput(args []string) error {
 			errs <- err
 		}(c)
 	}
+	cpu0 := cpuSeconds()
 	t0 := time.Now()
 	close(start)
 	wg.Wait()
 	seconds := time.Since(t0).Seconds()
+	cpu := cpuSeconds() - cpu0
 	close(errs)
 	for err := range errs {
 		if err != nil {
@@ -190,8 +193,17 @@ func throughput(args []string) error {
 		}
 	}
 	emit("result", "bytes", moved, "seconds", seconds, "mbps", float64(moved)/seconds/1e6,
-		"streams", *streams, "dir", *dir)
+		"streams", *streams, "dir", *dir, "cpu_s", cpu)
 	return nil
+}
+
+// cpuSeconds is this process's CPU time so far, user and system.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func sendToSink(c *upgraded, n int64) (int64, error) {
