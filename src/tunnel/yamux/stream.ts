@@ -49,6 +49,37 @@ export const kTerminate = Symbol('yamux.terminate');
 const COPY_BELOW = 4096;
 const SLAB_SIZE = 16 * 1024;
 
+// A lending stream's queue copies into slabs of this size that come back for reuse (see
+// InboundQueue.recycle); this many spare ones are kept for all streams together.
+const REUSED_SLAB_SIZE = 64 * 1024;
+const SPARE_REUSED_SLABS = 64;
+const spareSlabs: Buffer[] = [];
+
+/** SlabUse is what a reusable slab still owes: bytes queued or pushed but not yet emitted. */
+interface SlabUse {
+  slab: Buffer;
+  owner: InboundQueue;
+  unemitted: number;
+}
+
+// Keyed weakly, so a slab whose bytes are never all emitted (read(n) may hand out copies of
+// them, a destroyed stream drops its queue) is simply collected.
+const slabUses = new WeakMap<ArrayBufferLike, SlabUse>();
+
+/**
+ * emitted tells the pool that a chunk has been emitted to 'data' listeners that are done with
+ * it. A slab all of whose bytes have been emitted is reused.
+ */
+function emitted(chunk: Buffer): void {
+  const use = slabUses.get(chunk.buffer);
+  if (use === undefined) return;
+  use.unemitted -= chunk.length;
+  if (use.unemitted > 0) return;
+  if (use.owner.restart(use.slab)) return;
+  slabUses.delete(chunk.buffer);
+  if (spareSlabs.length < SPARE_REUSED_SLABS) spareSlabs.push(use.slab);
+}
+
 /** InboundQueue holds received payload that the consumer has not pulled yet. */
 class InboundQueue {
   #items: Buffer[] = [];
@@ -57,10 +88,22 @@ class InboundQueue {
   #slabUsed = 0;
   // Where the last item starts in the slab while it may still grow; -1 when it may not.
   #tailStart = -1;
+  // Whether copies go into reusable slabs rather than fresh ones.
+  #recycle = false;
   bytes = 0;
 
   get empty(): boolean {
     return this.#head === this.#items.length;
+  }
+
+  /**
+   * recycle makes the queue copy into slabs that are reused once every byte in them has been
+   * emitted, for a stream whose 'data' listeners are done with a chunk when they return. A
+   * consumer that reads slowly otherwise turns every byte it is sent into garbage outside the
+   * JavaScript heap, which the collector leaves alone for tens of megabytes.
+   */
+  recycle(): void {
+    this.#recycle = true;
   }
 
   /** add queues a piece; a lent one (a view of a buffer that will be reused) is copied. */
@@ -68,28 +111,57 @@ class InboundQueue {
     const len = piece.length;
     this.bytes += len;
     if (len >= COPY_BELOW) {
-      this.#tailStart = -1;
       // A view keeps its whole backing chunk alive; keep it only when it is most of the chunk.
       const keep = !lent && len * 2 >= piece.buffer.byteLength;
-      this.#items.push(keep ? piece : Buffer.from(piece));
-      return;
+      if (keep || !this.#recycle) {
+        this.#tailStart = -1;
+        this.#items.push(keep ? piece : Buffer.from(piece));
+        return;
+      }
     }
-    let slab = this.#slab;
-    if (slab === null || this.#slabUsed + len > slab.length) {
-      slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-      this.#slab = slab;
-      this.#slabUsed = 0;
-      this.#tailStart = -1;
+    for (let off = 0; off < len;) {
+      let slab = this.#slab;
+      const room = slab === null ? 0 : slab.length - this.#slabUsed;
+      // A small piece is not split: it would cost two queue entries.
+      if (room === 0 || (room < len - off && len < COPY_BELOW)) slab = this.#newSlab();
+      const start = this.#slabUsed;
+      const n = piece.copy(slab!, start, off);
+      off += n;
+      this.#slabUsed = start + n;
+      if (this.#recycle) slabUses.get(slab!.buffer)!.unemitted += n;
+      if (this.#tailStart >= 0) {
+        this.#items[this.#items.length - 1] = slab!.subarray(this.#tailStart, this.#slabUsed);
+      } else {
+        this.#tailStart = start;
+        this.#items.push(slab!.subarray(start, this.#slabUsed));
+      }
     }
-    const start = this.#slabUsed;
-    piece.copy(slab, start);
-    this.#slabUsed = start + len;
-    if (this.#tailStart >= 0) {
-      this.#items[this.#items.length - 1] = slab.subarray(this.#tailStart, this.#slabUsed);
+  }
+
+  #newSlab(): Buffer {
+    let slab: Buffer;
+    if (this.#recycle) {
+      slab = spareSlabs.pop() ?? Buffer.allocUnsafeSlow(REUSED_SLAB_SIZE);
+      slabUses.set(slab.buffer, { slab, owner: this, unemitted: 0 });
     } else {
-      this.#tailStart = start;
-      this.#items.push(slab.subarray(start, this.#slabUsed));
+      slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
     }
+    this.#slab = slab;
+    this.#slabUsed = 0;
+    this.#tailStart = -1;
+    return slab;
+  }
+
+  /**
+   * restart is told that every byte of a reusable slab has been emitted. If it is the slab
+   * being filled, filling starts over at its beginning and it returns true; otherwise the
+   * slab is no longer this queue's.
+   */
+  restart(slab: Buffer): boolean {
+    if (slab !== this.#slab) return false;
+    this.#slabUsed = 0;
+    this.#tailStart = -1;
+    return true;
   }
 
   shift(): Buffer {
@@ -192,6 +264,15 @@ export class Stream extends Duplex {
    */
   lendReads(): void {
     this.#lendable = true;
+    this.#queue.recycle();
+  }
+
+  // A lending stream's listeners are done with a chunk once emit returns: its bytes count as
+  // emitted then, so that the slab they were queued in can be reused.
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    const result = super.emit(event, ...args);
+    if (event === 'data' && this.#lendable) emitted(args[0] as Buffer);
+    return result;
   }
 
   [kData](piece: Buffer, lent = false): void {

@@ -1,7 +1,8 @@
 // A session reads its socket into one shared buffer and lends views of it to streams whose
 // consumers copy at once (lendReads). These tests check that no consumer ever sees bytes a
-// later read overwrote: one that copies and keeps pausing, one that keeps the chunks it was
-// given, and a TLS socket layered on a stream, as the gateway paths use it.
+// later read overwrote: one that copies and keeps pausing, one that is always behind (its
+// queue's slabs are reused), one that keeps the chunks it was given, and a TLS socket layered
+// on a stream, as the gateway paths use it.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -81,6 +82,30 @@ it('a lending consumer that copies and keeps pausing gets every byte intact', T,
   const [sent] = await Promise.all([send(sender, 24 * 1024 * 1024, 1), once(receiver, 'end')]);
   assert.ok(count > 100);
   assert.equal(hash.digest('hex'), sent);
+});
+
+it('a lending consumer that is always behind has its queue\'s slabs reused', T, async () => {
+  const [client, server] = await sessionPair();
+  const sender = client.open();
+  const receiver = await server.accept();
+  quiet(sender, receiver);
+  receiver.lendReads();
+  const hash = createHash('sha256');
+  const backings = new Set<ArrayBufferLike>();
+  let bytes = 0;
+  receiver.on('data', (chunk: Buffer) => {
+    hash.update(chunk);
+    backings.add(chunk.buffer);
+    bytes += chunk.length;
+    // Pausing after every chunk leaves what arrives meanwhile to the queue.
+    receiver.pause();
+    setImmediate(() => receiver.resume());
+  });
+  const [sent] = await Promise.all([send(sender, 16 * 1024 * 1024, 7), once(receiver, 'end')]);
+  assert.equal(hash.digest('hex'), sent);
+  // Copied into fresh buffers, 16 MiB would have come in hundreds; a 256 KiB window needs a
+  // handful of 64 KiB slabs, and the session's read buffer is one more.
+  assert.ok(backings.size < 32, `${bytes} bytes came in ${backings.size} buffers`);
 });
 
 it('a consumer that keeps its chunks is never lent the shared buffer', T, async () => {
