@@ -51,12 +51,13 @@ interface Sizes {
 
 const MiB = 1024 * 1024;
 
-// Full sizes take about 5 minutes on 2 cores: each throughput figure is the median of five
-// 768 MiB transfers (1.5–4 s each), long enough that start-up is noise, and five runs because
-// the machine is shared and single runs vary by ±20 %.
+// Full sizes take about 6 minutes on 2 cores: each throughput figure is the median of seven
+// 768 MiB transfers (1–4 s each), long enough that start-up is noise, and seven runs because
+// the machine is shared and single runs vary by ±20 % (the ratio is the median of the seven
+// turns' ratios; see makeLine).
 const FULL: Sizes = {
   throughputBytes: 768 * MiB,
-  reps: 5,
+  reps: 7,
   rttSamples: 20_000,
   rttWarmup: 1000,
   logBytes: 1024 * MiB,
@@ -545,7 +546,10 @@ function standingNotes(b: Bench): string[] {
       'compare the two proxies rather than give absolute capacity. MB = 10^6 bytes.',
     'Throughput, log and RTT figures are medians of ' +
       `${b.sizes.reps} run(s) per side, sides interleaved; throughput after an untimed warm-up. ` +
-      'Streams are upgraded before the clock starts.',
+      'Streams are upgraded before the clock starts. Where both sides have a sample per ' +
+      'turn, the ratio is the median of the turns\' ratios (a sidecar run ÷ the Go run right ' +
+      'after it), which the machine\'s drift in speed during a run does not move; the JSON ' +
+      'also has the ratio of the medians (ratioOfMedians).',
     'Go ref: bench/go/reference-gateway (hashicorp/yamux default config, io.Copy splice, ' +
       'httputil.ReverseProxy for logs). It makes no Arvados API calls (tokens are only ' +
       'checked to be present); the sidecar asks the project\'s fake API on loopback (2 calls ' +

@@ -115,6 +115,21 @@ describe('bench tables', () => {
     assert.equal(makeLine(spec, [600], [0]).pass, false);
   });
 
+  test('paired samples give the median of the pairs\' ratios, which drift does not move', () => {
+    const spec = { id: 'p', title: 'P', unit: 'MB/s', better: 'higher' as const,
+      budget: { op: '>=' as const, value: 1.2, of: 'ratio' as const } };
+    // The machine slowed down for the first two pairs: both sides lost speed together.
+    const line = makeLine(spec, [640, 650, 730, 710, 870], [480, 470, 650, 650, 640]);
+    assert.equal(line.sidecar, 710);
+    assert.equal(line.go, 640);
+    assert.equal(line.ratioOfMedians, 710 / 640);
+    // The pairs' ratios are 1.33, 1.38, 1.12, 1.09 and 1.36: the middle one is the first's.
+    assert.equal(line.ratio, 640 / 480);
+    assert.equal(line.pass, true);
+    // Unpaired (different counts), the ratio is that of the medians.
+    assert.equal(makeLine(spec, [640, 650, 730], [480, 470]).ratio, 650 / 475);
+  });
+
   test('a Go figure of zero gives no ratio rather than infinity', () => {
     const line = makeLine({ id: 'y', title: 'Y', unit: 'MiB', better: 'lower' }, [1], [0]);
     assert.equal(line.ratio, null);

@@ -28,8 +28,14 @@ export interface LineSpec {
 export interface LineResult extends LineSpec {
   sidecar: number;
   go: number;
-  /** ratio is sidecar ÷ Go, whichever direction is better; null when Go's figure is 0. */
+  /**
+   * ratio is sidecar ÷ Go, whichever direction is better; null when Go's figure is 0. With
+   * as many samples on each side, taken in turns, it is the median of the ratios of each
+   * pair (sample i of each side): the machine's speed drifts during a run, and a pair's two
+   * runs share the drift. Otherwise, and in ratioOfMedians, it is the ratio of the medians.
+   */
   ratio: number | null;
+  ratioOfMedians: number | null;
   /** pass says whether the sidecar met the budget; absent when the line has none. */
   pass?: boolean;
   samples: { sidecar: number[]; go: number[] };
@@ -55,8 +61,11 @@ export function makeLine(
 ): LineResult {
   const s = median(sidecar);
   const g = median(go);
+  const ofMedians = g === 0 ? null : s / g;
+  const paired = sidecar.length === go.length && sidecar.length > 1 && go.every((x) => x !== 0);
   const line: LineResult = {
-    ...spec, sidecar: s, go: g, ratio: g === 0 ? null : s / g, samples: { sidecar, go },
+    ...spec, sidecar: s, go: g, samples: { sidecar, go }, ratioOfMedians: ofMedians,
+    ratio: paired ? median(sidecar.map((x, i) => x / go[i])) : ofMedians,
   };
   if (spec.budget) {
     const b = spec.budget;
