@@ -68,14 +68,15 @@ const slabUses = new WeakMap<ArrayBufferLike, SlabUse>();
 
 /**
  * emitted tells the pool that a chunk has been emitted to 'data' listeners that are done with
- * it. A slab all of whose bytes have been emitted is reused.
+ * it. A slab all of whose bytes have been emitted goes back to the spares.
  */
 function emitted(chunk: Buffer): void {
   const use = slabUses.get(chunk.buffer);
   if (use === undefined) return;
   use.unemitted -= chunk.length;
   if (use.unemitted > 0) return;
-  if (use.owner.restart(use.slab)) return;
+  // Even the slab being filled goes back: a stream that has gone quiet holds none.
+  use.owner.forget(use.slab);
   slabUses.delete(chunk.buffer);
   if (spareSlabs.length < SPARE_REUSED_SLABS) spareSlabs.push(use.slab);
 }
@@ -152,16 +153,13 @@ class InboundQueue {
     return slab;
   }
 
-  /**
-   * restart is told that every byte of a reusable slab has been emitted. If it is the slab
-   * being filled, filling starts over at its beginning and it returns true; otherwise the
-   * slab is no longer this queue's.
-   */
-  restart(slab: Buffer): boolean {
-    if (slab !== this.#slab) return false;
+  /** forget is told that every byte of a reusable slab has been emitted: it is not this
+   * queue's to fill any more. */
+  forget(slab: Buffer): void {
+    if (slab !== this.#slab) return;
+    this.#slab = null;
     this.#slabUsed = 0;
     this.#tailStart = -1;
-    return true;
   }
 
   shift(): Buffer {
