@@ -104,7 +104,13 @@ class InboundQueue {
    * JavaScript heap, which the collector leaves alone for tens of megabytes.
    */
   recycle(): void {
+    if (this.#recycle) return;
     this.#recycle = true;
+    // The slab being filled, if any, is an ordinary one: what is queued in it stays there, and
+    // what comes next goes into reusable slabs.
+    this.#slab = null;
+    this.#slabUsed = 0;
+    this.#tailStart = -1;
   }
 
   /** add queues a piece; a lent one (a view of a buffer that will be reused) is copied. */
@@ -257,8 +263,10 @@ export class Stream extends Duplex {
 
   /**
    * lendReads tells the stream that every 'data' listener it has is done with a chunk when it
-   * returns (a TLS socket layered on the stream copies it in). Chunks may then be views of
-   * the session's read buffer, delivered without a copy.
+   * returns (a TLS socket layered on the stream copies it in). Chunks emitted in flowing mode
+   * may then be views of the session's read buffer, delivered without a copy, or of a slab
+   * of the queue that is refilled once its bytes have been emitted. Chunks a consumer takes
+   * with read() (async iteration does) are its own, as without lending.
    */
   lendReads(): void {
     this.#lendable = true;
@@ -266,10 +274,13 @@ export class Stream extends Duplex {
   }
 
   // A lending stream's listeners are done with a chunk once emit returns: its bytes count as
-  // emitted then, so that the slab they were queued in can be reused.
+  // emitted then, so that the slab they were queued in can be reused. Only in flowing mode:
+  // there the chunk goes nowhere else, while a chunk emitted by a read() the consumer called
+  // is also returned to it, to keep.
   override emit(event: string | symbol, ...args: unknown[]): boolean {
+    const lent = event === 'data' && this.#lendable && this.readableFlowing === true;
     const result = super.emit(event, ...args);
-    if (event === 'data' && this.#lendable) emitted(args[0] as Buffer);
+    if (lent) emitted(args[0] as Buffer);
     return result;
   }
 

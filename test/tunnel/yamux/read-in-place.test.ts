@@ -46,6 +46,11 @@ function quiet<S extends { on(e: 'error', f: () => void): unknown }>(...streams:
   for (const s of streams) s.on('error', () => {});
 }
 
+// Waits until check() holds, looking every few milliseconds.
+async function until(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((r) => setTimeout(r, 5));
+}
+
 // Writes total random bytes in random-sized pieces and returns their sha256.
 async function send(stream: Stream, total: number, seed: number): Promise<string> {
   const rand = prng(seed);
@@ -106,6 +111,55 @@ it('a lending consumer that is always behind has its queue\'s slabs reused', T, 
   // Copied into fresh buffers, 16 MiB would have come in hundreds; a 256 KiB window needs a
   // handful of 64 KiB slabs, and the session's read buffer is one more.
   assert.ok(backings.size < 32, `${bytes} bytes came in ${backings.size} buffers`);
+});
+
+it('chunks taken from a lending stream with read() or for await are the taker\'s', T,
+  async () => {
+    const [client, server] = await sessionPair();
+    const sender = client.open();
+    sender.write(Buffer.alloc(0));
+    const receiver = await server.accept();
+    quiet(sender, receiver);
+    receiver.lendReads();
+    // Paused mode: nothing is taken until read(), so the frame waits in the queue's slab.
+    receiver.on('readable', () => {});
+    sender.write(Buffer.alloc(1000, 'A'));
+    await until(() => receiver.readableLength + receiver.bufferedInbound >= 1000);
+    const first = receiver.read() as Buffer;
+    sender.write(Buffer.alloc(1000, 'B'));
+    await until(() => receiver.readableLength + receiver.bufferedInbound >= 1000);
+    assert.equal(first.toString('latin1'), 'A'.repeat(1000));
+    receiver.removeAllListeners('readable');
+
+    // Async iteration reads the same way, keeping every chunk until the end.
+    const other = client.open();
+    other.write(Buffer.alloc(0));
+    const iterated = await server.accept();
+    quiet(other, iterated);
+    iterated.lendReads();
+    const kept: Buffer[] = [];
+    const [sent] = await Promise.all([send(other, 4 * 1024 * 1024, 8), (async () => {
+      for await (const chunk of iterated) kept.push(chunk as Buffer);
+    })()]);
+    assert.equal(createHash('sha256').update(Buffer.concat(kept)).digest('hex'), sent);
+  });
+
+it('lending after small payload was queued keeps the session and the bytes', T, async () => {
+  const [client, server] = await sessionPair();
+  const sender = client.open();
+  sender.write('<');
+  const receiver = await server.accept();
+  quiet(sender, receiver);
+  sender.write('queued before lending;');
+  await until(() => receiver.bufferedInbound > 1);
+  receiver.lendReads();
+  sender.end('sent after.>');
+  await until(() => receiver.bufferedInbound >= 34 || server.closed);
+  let got = '';
+  receiver.on('data', (c: Buffer) => { got += c.toString(); });
+  if (!receiver.destroyed) await Promise.race([once(receiver, 'end'), once(receiver, 'close')]);
+  assert.equal(got, '<queued before lending;sent after.>');
+  assert.equal(server.closed, false);
 });
 
 it('a consumer that keeps its chunks is never lent the shared buffer', T, async () => {
