@@ -113,6 +113,29 @@ it('a lending consumer that is always behind has its queue\'s slabs reused', T, 
   assert.ok(backings.size < 32, `${bytes} bytes came in ${backings.size} buffers`);
 });
 
+it('a lending stream that has gone quiet gives its slab back', T, async () => {
+  const [client, server] = await sessionPair();
+  // Each stream is paused while a frame arrives, so the frame is queued in a slab, then
+  // resumed; the first stream's slab, all emitted, must be the one the second stream fills.
+  const slabOf = async (): Promise<ArrayBufferLike> => {
+    const sender = client.open();
+    sender.write(Buffer.alloc(0));
+    const receiver = await server.accept();
+    quiet(sender, receiver);
+    receiver.lendReads();
+    let backing: ArrayBufferLike | undefined;
+    receiver.on('data', (chunk: Buffer) => { backing ??= chunk.buffer; });
+    receiver.pause();
+    sender.write(Buffer.alloc(6000, 'q'));
+    await until(() => receiver.readableLength + receiver.bufferedInbound === 6000);
+    receiver.resume();
+    await until(() => backing !== undefined);
+    return backing!;
+  };
+  const first = await slabOf();
+  assert.equal(await slabOf(), first);
+});
+
 it('chunks taken from a lending stream with read() or for await are the taker\'s', T,
   async () => {
     const [client, server] = await sessionPair();
