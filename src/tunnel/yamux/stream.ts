@@ -130,17 +130,19 @@ class InboundQueue {
       let slab = this.#slab;
       const room = slab === null ? 0 : slab.length - this.#slabUsed;
       // A small piece is not split: it would cost two queue entries.
-      if (room === 0 || (room < len - off && len < COPY_BELOW)) slab = this.#newSlab();
+      if (slab === null || room === 0 || (room < len - off && len < COPY_BELOW)) {
+        slab = this.#newSlab();
+      }
       const start = this.#slabUsed;
-      const n = piece.copy(slab!, start, off);
+      const n = piece.copy(slab, start, off);
       off += n;
       this.#slabUsed = start + n;
-      if (this.#recycle) slabUses.get(slab!.buffer)!.unemitted += n;
+      if (this.#recycle) slabUses.get(slab.buffer)!.unemitted += n;
       if (this.#tailStart >= 0) {
-        this.#items[this.#items.length - 1] = slab!.subarray(this.#tailStart, this.#slabUsed);
+        this.#items[this.#items.length - 1] = slab.subarray(this.#tailStart, this.#slabUsed);
       } else {
         this.#tailStart = start;
-        this.#items.push(slab!.subarray(start, this.#slabUsed));
+        this.#items.push(slab.subarray(start, this.#slabUsed));
       }
     }
   }
@@ -265,7 +267,7 @@ export class Stream extends Duplex {
    * lendReads tells the stream that every 'data' listener it has is done with a chunk when it
    * returns (a TLS socket layered on the stream copies it in). Chunks emitted in flowing mode
    * may then be views of the session's read buffer, delivered without a copy, or of a slab
-   * of the queue that is refilled once its bytes have been emitted. Chunks a consumer takes
+   * of the queue that is reused once its bytes have been emitted. Chunks a consumer takes
    * with read() (async iteration does) are its own, as without lending.
    */
   lendReads(): void {

@@ -51,6 +51,15 @@ async function until(check: () => boolean): Promise<void> {
   while (!check()) await new Promise((r) => setTimeout(r, 5));
 }
 
+// Opens a stream, accepts it on the other side and has the accepted end lend its reads.
+async function lendingPair(client: Session, server: Session): Promise<[Stream, Stream]> {
+  const sender = client.open();
+  const receiver = await server.accept();
+  quiet(sender, receiver);
+  receiver.lendReads();
+  return [sender, receiver];
+}
+
 // Writes total random bytes in random-sized pieces and returns their sha256.
 async function send(stream: Stream, total: number, seed: number): Promise<string> {
   const rand = prng(seed);
@@ -68,10 +77,7 @@ async function send(stream: Stream, total: number, seed: number): Promise<string
 
 it('a lending consumer that copies and keeps pausing gets every byte intact', T, async () => {
   const [client, server] = await sessionPair();
-  const sender = client.open();
-  const receiver = await server.accept();
-  quiet(sender, receiver);
-  receiver.lendReads();
+  const [sender, receiver] = await lendingPair(client, server);
   const rand = prng(3);
   const hash = createHash('sha256');
   let count = 0;
@@ -91,10 +97,7 @@ it('a lending consumer that copies and keeps pausing gets every byte intact', T,
 
 it('a lending consumer that is always behind has its queue\'s slabs reused', T, async () => {
   const [client, server] = await sessionPair();
-  const sender = client.open();
-  const receiver = await server.accept();
-  quiet(sender, receiver);
-  receiver.lendReads();
+  const [sender, receiver] = await lendingPair(client, server);
   const hash = createHash('sha256');
   const backings = new Set<ArrayBufferLike>();
   let bytes = 0;
@@ -118,11 +121,7 @@ it('a lending stream that has gone quiet gives its slab back', T, async () => {
   // Each stream is paused while a frame arrives, so the frame is queued in a slab, then
   // resumed; the first stream's slab, all emitted, must be the one the second stream fills.
   const slabOf = async (): Promise<ArrayBufferLike> => {
-    const sender = client.open();
-    sender.write(Buffer.alloc(0));
-    const receiver = await server.accept();
-    quiet(sender, receiver);
-    receiver.lendReads();
+    const [sender, receiver] = await lendingPair(client, server);
     let backing: ArrayBufferLike | undefined;
     receiver.on('data', (chunk: Buffer) => { backing ??= chunk.buffer; });
     receiver.pause();
@@ -139,11 +138,7 @@ it('a lending stream that has gone quiet gives its slab back', T, async () => {
 it('chunks taken from a lending stream with read() or for await are the taker\'s', T,
   async () => {
     const [client, server] = await sessionPair();
-    const sender = client.open();
-    sender.write(Buffer.alloc(0));
-    const receiver = await server.accept();
-    quiet(sender, receiver);
-    receiver.lendReads();
+    const [sender, receiver] = await lendingPair(client, server);
     // Paused mode: nothing is taken until read(), so the frame waits in the queue's slab.
     receiver.on('readable', () => {});
     sender.write(Buffer.alloc(1000, 'A'));
@@ -155,11 +150,7 @@ it('chunks taken from a lending stream with read() or for await are the taker\'s
     receiver.removeAllListeners('readable');
 
     // Async iteration reads the same way, keeping every chunk until the end.
-    const other = client.open();
-    other.write(Buffer.alloc(0));
-    const iterated = await server.accept();
-    quiet(other, iterated);
-    iterated.lendReads();
+    const [other, iterated] = await lendingPair(client, server);
     const kept: Buffer[] = [];
     const [sent] = await Promise.all([send(other, 4 * 1024 * 1024, 8), (async () => {
       for await (const chunk of iterated) kept.push(chunk as Buffer);
@@ -204,10 +195,7 @@ it('TLS over a lending stream carries both directions intact', T, async () => {
   const { key, cert } = selfSigned(dir, 'gateway');
   rmSync(dir, { recursive: true });
   // The gateway's end: crunch-run accepts the stream and serves TLS on it.
-  const gatewayStream = client.open();
-  const sidecarStream = await server.accept();
-  quiet(gatewayStream, sidecarStream);
-  sidecarStream.lendReads();
+  const [gatewayStream, sidecarStream] = await lendingPair(client, server);
   const gateway = new tls.TLSSocket(gatewayStream, { isServer: true, key, cert });
   const sidecar = tls.connect({ socket: sidecarStream, rejectUnauthorized: false });
   quiet(gateway, sidecar);
