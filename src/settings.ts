@@ -25,17 +25,26 @@ convict.addFormat({
   },
 });
 
-convict.addFormat({
-  name: 'positive-int',
-  validate(value: unknown) {
-    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
-      throw new Error('must be a whole number of at least 1');
-    }
-  },
-  coerce(value: string) {
-    return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
-  },
-});
+/**
+ * addWholeNumberFormat registers a format for whole numbers from min to max; a value outside
+ * is refused as "must be a whole number " followed by what.
+ */
+function addWholeNumberFormat(name: string, min: number, max: number, what: string): void {
+  convict.addFormat({
+    name,
+    validate(value: unknown) {
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min ||
+        value > max) {
+        throw new Error(`must be a whole number ${what}`);
+      }
+    },
+    coerce(value: string) {
+      return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
+    },
+  });
+}
+
+addWholeNumberFormat('positive-int', 1, Number.MAX_SAFE_INTEGER, 'of at least 1');
 
 convict.addFormat({
   name: 'url',
@@ -76,35 +85,14 @@ convict.addFormat({
   },
 });
 
-convict.addFormat({
-  name: 'busy-poll-us',
-  validate(value: unknown) {
-    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > 1000) {
-      throw new Error('must be a whole number of microseconds from 0 to 1000');
-    }
-  },
-  coerce(value: string) {
-    return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
-  },
-});
+addWholeNumberFormat('busy-poll-us', 0, 1000, 'of microseconds from 0 to 1000');
 
 // A yamux stream's receive window: at least the protocol's 256 KiB, at most 16 MiB.
 const MIN_STREAM_WINDOW = 256 * 1024;
 const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 
-convict.addFormat({
-  name: 'stream-window',
-  validate(value: unknown) {
-    if (typeof value !== 'number' || !Number.isSafeInteger(value) ||
-      value < MIN_STREAM_WINDOW || value > MAX_STREAM_WINDOW) {
-      throw new Error(`must be a whole number of bytes from ${MIN_STREAM_WINDOW} (256 KiB) to ` +
-        `${MAX_STREAM_WINDOW} (16 MiB)`);
-    }
-  },
-  coerce(value: string) {
-    return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
-  },
-});
+addWholeNumberFormat('stream-window', MIN_STREAM_WINDOW, MAX_STREAM_WINDOW,
+  `of bytes from ${MIN_STREAM_WINDOW} (256 KiB) to ${MAX_STREAM_WINDOW} (16 MiB)`);
 
 const schema = {
   listen: {
