@@ -277,6 +277,7 @@ class Bench {
     // The client's and the gateway's CPU per GB: the same programs on both sides, but what the
     // proxy sends them (frame, record and write sizes) can make them work harder.
     const peers: Record<string, number[]> = { sidecar: [], go: [] };
+    const clients: Record<string, number[]> = { sidecar: [], go: [] };
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
         const cpu0 = cpuTimes(side.proc.pid);
@@ -291,6 +292,7 @@ class Bench {
         cpu[side.name].push(used.total / gb);
         sys[side.name].push(used.sys / gb);
         peers[side.name].push((gwUsed + Number(r.cpu_s)) / gb);
+        clients[side.name].push(Number(r.cpu_s) / gb);
       }
     }
     this.record(spec, samples.sidecar, samples.go);
@@ -302,11 +304,14 @@ class Bench {
       id: `cpu-${spec.id}`, title: '↳ proxy CPU time per GB moved',
       unit: 'CPU s/GB', better: 'lower',
     }, cpu.sidecar, cpu.go, undefined, {
-      sidecar: { sys_s_per_gb: median(sys.sidecar), peers_s_per_gb: median(peers.sidecar) },
-      go: { sys_s_per_gb: median(sys.go), peers_s_per_gb: median(peers.go) },
+      sidecar: { sys_s_per_gb: median(sys.sidecar), peers_s_per_gb: median(peers.sidecar),
+        client_s_per_gb: median(clients.sidecar) },
+      go: { sys_s_per_gb: median(sys.go), peers_s_per_gb: median(peers.go),
+        client_s_per_gb: median(clients.go) },
     });
-    say(`  client + gateway CPU per GB: sidecar's ${median(peers.sidecar).toFixed(2)} s, ` +
-      `go's ${median(peers.go).toFixed(2)} s`);
+    say(`  client + gateway CPU per GB: sidecar's ${median(peers.sidecar).toFixed(2)} s ` +
+      `(client ${median(clients.sidecar).toFixed(2)}), go's ${median(peers.go).toFixed(2)} s ` +
+      `(client ${median(clients.go).toFixed(2)})`);
   }
 
   /** warmUp moves some bytes each way on each side, untimed, so the first timed run of a path

@@ -68,7 +68,10 @@ export class Session extends EventEmitter {
   #remoteGoAway = false;
   #bytesIn = 0;
   #bytesOut = 0;
+  // Frames are held in the corked socket until a flush; see #writeFrame.
   #corked = false;
+  #flushAtTick = false;
+  #flushAtImmediate = false;
   // Set while the payload being delivered is a view of sharedReadBuffer.
   #lent = false;
   #keepAliveTimer: NodeJS.Timeout | null = null;
@@ -97,7 +100,7 @@ export class Session extends EventEmitter {
       },
     };
     // Frames are small and latency matters for pings and interactive streams; writes are
-    // batched per tick by cork() already, so Nagle only adds delay.
+    // batched by cork() already (see #writeFrame), so Nagle only adds delay.
     const tcp = socket as Duplex & { setNoDelay?: (noDelay?: boolean) => unknown };
     if (typeof tcp.setNoDelay === 'function') tcp.setNoDelay(true);
     socket.on('end', this.#onSocketEnd);
@@ -263,10 +266,22 @@ export class Session extends EventEmitter {
       return;
     }
     if (!this.#corked) {
-      // Everything written in this tick leaves in one writev.
       this.#corked = true;
       socket.cork();
-      process.nextTick(this.#uncork);
+    }
+    // Data waits until the event loop has run this turn's I/O callbacks, so that the frames
+    // of every stream fed in this turn leave in one writev: the peer then wakes and reads once
+    // rather than once per stream. Control frames (window updates, pings, FIN, RST, GoAway)
+    // leave at the end of this tick, taking any data held with them: a window update may be
+    // what the peer's sender is stalled on.
+    if (payload === null) {
+      if (!this.#flushAtTick) {
+        this.#flushAtTick = true;
+        process.nextTick(this.#tickFlush);
+      }
+    } else if (!this.#flushAtImmediate) {
+      this.#flushAtImmediate = true;
+      setImmediate(this.#immediateFlush);
     }
     const header = encodeHeader(type, flags, id, length);
     let ok: boolean;
@@ -282,11 +297,21 @@ export class Session extends EventEmitter {
     if (!ok) this.#armDrainTimer();
   }
 
-  #uncork = (): void => {
+  #tickFlush = (): void => {
+    this.#flushAtTick = false;
+    this.#uncork();
+  };
+
+  #immediateFlush = (): void => {
+    this.#flushAtImmediate = false;
+    this.#uncork();
+  };
+
+  #uncork(): void {
     if (!this.#corked) return;
     this.#corked = false;
     this.#socket.uncork();
-  };
+  }
 
   #armDrainTimer(): void {
     if (this.#awaitingDrain) return;
