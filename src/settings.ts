@@ -94,6 +94,11 @@ const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 addWholeNumberFormat('stream-window', MIN_STREAM_WINDOW, MAX_STREAM_WINDOW,
   `of bytes from ${MIN_STREAM_WINDOW} (256 KiB) to ${MAX_STREAM_WINDOW} (16 MiB)`);
 
+const MAX_WINDOW_BUDGET = 64 * 1024 ** 3;
+
+addWholeNumberFormat('window-budget', 0, MAX_WINDOW_BUDGET,
+  `of bytes from 0 to ${MAX_WINDOW_BUDGET} (64 GiB)`);
+
 const schema = {
   listen: {
     doc: 'Front door host:port. Plain HTTP, or HTTPS when tlsCert and tlsKey are set.',
@@ -199,6 +204,13 @@ const schema = {
       'slowly may hold in memory.',
     format: 'stream-window', default: 1024 * 1024, env: 'GATEWAY_TUNNEL_STREAM_WINDOW',
   },
+  tunnelWindowBudget: {
+    doc: 'Bytes of tunnel stream window above 256 KiB granted at once, over all streams. A ' +
+      'stream starts at 256 KiB and grows to GATEWAY_TUNNEL_STREAM_WINDOW once it carries ' +
+      'bulk data, if this budget has room; 0 keeps every stream at 256 KiB. What streams ' +
+      'whose clients stop reading can hold is then 256 KiB each plus this budget.',
+    format: 'window-budget', default: 64 * 1024 * 1024, env: 'GATEWAY_TUNNEL_WINDOW_BUDGET',
+  },
   maxSessions: {
     doc: 'Most spliced SSH sessions and log transfers at once; more are refused with 503.',
     format: 'positive-int', default: 4096, env: 'GATEWAY_MAX_SESSIONS',
@@ -254,6 +266,7 @@ export interface Settings {
   maxTunnels: number;
   maxStreamsPerTunnel: number;
   tunnelStreamWindow: number;
+  tunnelWindowBudget: number;
   maxSessions: number;
   maxSshSessions: number;
   maxLogRequests: number;

@@ -21,6 +21,7 @@ import { busyPoll } from './net/busy-poll.ts';
 import { Metrics } from './observability/metrics.ts';
 import { parseHostPort, type Settings } from './settings.ts';
 import { TunnelRegistry } from './tunnel/registry.ts';
+import { WindowBudget } from './tunnel/yamux/index.ts';
 
 // Log requests are recognised loosely here (also in absolute form) and checked strictly by
 // the endpoint, so a malformed log path gets the endpoint's 400 rather than reaching the
@@ -82,6 +83,7 @@ export class Sidecar {
     this.ctx = {
       settings, log, metrics: this.metrics, api: this.#api, config: this.config,
       registry: this.registry, locator, ownUrl: () => this.#ownUrl,
+      windowBudget: new WindowBudget(settings.tunnelWindowBudget),
       limits: new Limits({
         sessions: settings.maxSessions, ssh: settings.maxSshSessions,
         logs: settings.maxLogRequests, passthrough: settings.maxPassthrough,
@@ -160,6 +162,7 @@ export class Sidecar {
         const sessions = this.registry.all().map((t) => t.session);
         this.metrics.streamsOpen.set(sessions.reduce((n, s) => n + s.numStreams, 0));
         this.metrics.updateTunnelBytes(sessions);
+        this.metrics.windowBudgetTaken.set(this.ctx.windowBudget.taken);
         this.metrics.ready.set(this.ready().ready ? 1 : 0);
         return { contentType: this.metrics.registry.contentType,
           body: await this.metrics.registry.metrics() };

@@ -51,3 +51,15 @@ test('GATEWAY_TUNNEL_STREAM_WINDOW: 1 MiB by default, 256 KiB to 16 MiB, else re
         bad);
     }
   });
+
+test('GATEWAY_TUNNEL_WINDOW_BUDGET: 64 MiB by default, 0 to 64 GiB, else refused by name', () => {
+  assert.equal(loadSettings({}).tunnelWindowBudget, 64 * 1024 * 1024);
+  assert.equal(loadSettings({ GATEWAY_TUNNEL_WINDOW_BUDGET: '0' }).tunnelWindowBudget, 0);
+  assert.equal(loadSettings({ GATEWAY_TUNNEL_WINDOW_BUDGET: String(64 * 1024 ** 3) })
+    .tunnelWindowBudget, 64 * 1024 ** 3);
+  for (const bad of [String(64 * 1024 ** 3 + 1), '64MiB', '-1', '1.5', '']) {
+    assert.throws(() => loadSettings({ GATEWAY_TUNNEL_WINDOW_BUDGET: bad }),
+      /GATEWAY_TUNNEL_WINDOW_BUDGET \(tunnelWindowBudget\): must be a whole number of bytes/,
+      bad);
+  }
+});

@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Settings } from '../settings.ts';
 import type { TunnelRegistry } from '../tunnel/registry.ts';
+import type { WindowBudget } from '../tunnel/yamux/index.ts';
 
 /** GatewayContext is the shared state and services the endpoints use. */
 export interface GatewayContext {
@@ -17,6 +18,8 @@ export interface GatewayContext {
   api: ArvadosClient;
   config: ClusterConfigStore;
   registry: TunnelRegistry;
+  /** windowBudget is shared by every tunnel's streams (GATEWAY_TUNNEL_WINDOW_BUDGET). */
+  windowBudget: WindowBudget;
   locator: GatewayLocator;
   ownUrl: () => string;
   limits: Limits;

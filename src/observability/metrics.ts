@@ -31,6 +31,11 @@ export class Metrics {
     name: 'arvados_gateway_tunnel_streams_open', help: 'Streams open on held tunnels.',
     registers: [this.registry],
   });
+  readonly windowBudgetTaken = new Gauge({
+    name: 'arvados_gateway_tunnel_window_budget_taken_bytes',
+    help: 'Tunnel stream window above 256 KiB granted now (GATEWAY_TUNNEL_WINDOW_BUDGET).',
+    registers: [this.registry],
+  });
   readonly tunnelBytes = new Counter({
     name: 'arvados_gateway_tunnel_bytes_total',
     help: 'Payload bytes through tunnels; direction is to_gateway or from_gateway.',

@@ -1,5 +1,6 @@
 // Session options, their defaults and validation. Defaults match hashicorp/yamux's
 // DefaultConfig so a session behaves like the Go peers it talks to.
+import { WindowBudget } from './budget.ts';
 import { INITIAL_STREAM_WINDOW, MAX_WINDOW } from './const.ts';
 
 /** SessionOptions tunes one yamux session; only `role` is required. */
@@ -12,6 +13,12 @@ export interface SessionOptions {
   connectionWriteTimeoutMs?: number;
   /** maxStreamWindow is the receive window granted per stream, at least 256 KiB. */
   maxStreamWindow?: number;
+  /**
+   * windowBudget, shared by sessions, holds the part of maxStreamWindow above 256 KiB: each
+   * stream starts at 256 KiB and takes the rest from it once it carries bulk data. Unset, every
+   * stream grants maxStreamWindow from its SYN.
+   */
+  windowBudget?: WindowBudget;
   /** acceptBacklog is how many inbound streams may wait for accept() before new ones get RST. */
   acceptBacklog?: number;
   /** maxStreams caps the streams open at once; unset means no cap. */
@@ -30,6 +37,7 @@ export interface SessionConfig {
   readonly keepAliveIntervalMs: number;
   readonly connectionWriteTimeoutMs: number;
   readonly maxStreamWindow: number;
+  readonly windowBudget: WindowBudget | null;
   readonly acceptBacklog: number;
   readonly maxStreams: number;
   readonly readInPlace: boolean;
@@ -61,6 +69,9 @@ export function resolveConfig(options: SessionOptions): SessionConfig {
     'maxStreamWindow', options.maxStreamWindow, INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW,
     MAX_WINDOW,
   );
+  if (options.windowBudget !== undefined && !(options.windowBudget instanceof WindowBudget)) {
+    throw new TypeError('yamux: windowBudget must be a WindowBudget');
+  }
   const acceptBacklog = integer(
     'acceptBacklog', options.acceptBacklog, DEFAULT_ACCEPT_BACKLOG, 1, Number.MAX_SAFE_INTEGER,
   );
@@ -75,6 +86,7 @@ export function resolveConfig(options: SessionOptions): SessionConfig {
     keepAliveIntervalMs,
     connectionWriteTimeoutMs,
     maxStreamWindow,
+    windowBudget: options.windowBudget ?? null,
     acceptBacklog,
     maxStreams,
     readInPlace: options.readInPlace ?? true,

@@ -1,6 +1,7 @@
 // Public API of the yamux implementation: sessions, streams, options and errors.
 export { READ_BUFFER_SIZE, Session } from './session.ts';
 export { Stream } from './stream.ts';
+export { WindowBudget } from './budget.ts';
 export {
   DEFAULT_ACCEPT_BACKLOG, DEFAULT_CONNECTION_WRITE_TIMEOUT_MS, DEFAULT_KEEPALIVE_INTERVAL_MS,
   type SessionOptions,

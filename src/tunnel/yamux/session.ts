@@ -92,6 +92,7 @@ export class Session extends EventEmitter {
     });
     this.#link = {
       maxWindow: this.#config.maxStreamWindow,
+      budget: this.#config.windowBudget,
       isClosed: () => this.#closed,
       writeFrame: (type, flags, id, length, payload, cb) =>
         this.#writeFrame(type, flags, id, length, payload, cb),

@@ -6,6 +6,7 @@ import {
   FLAG_FIN, FLAG_RST, INITIAL_STREAM_WINDOW, MAX_DATA_FRAME, MAX_WINDOW, TYPE_DATA,
   TYPE_WINDOW_UPDATE, YamuxError,
 } from './const.ts';
+import type { WindowBudget } from './budget.ts';
 import type { Session } from './session.ts';
 
 /** WriteCallback is told when a frame has left through the socket, or why it could not. */
@@ -15,6 +16,11 @@ export type WriteCallback = (err?: Error | null) => void;
 export interface StreamLink {
   /** maxWindow is the receive window this side grants per stream. */
   readonly maxWindow: number;
+  /**
+   * budget, when set, holds what maxWindow grants above 256 KiB: a stream starts at 256 KiB
+   * and takes the rest once it carries bulk data (see WindowBudget).
+   */
+  readonly budget: WindowBudget | null;
   /** isClosed tells whether the session is shut down. */
   isClosed(): boolean;
   /** writeFrame sends one frame; payload pieces are sent as they are, without copying. */
@@ -224,6 +230,10 @@ export class Stream extends Duplex {
   #released = false;
   #pending: PendingWrite | null = null;
   #lendable = false;
+  // The receive window this stream grants now, and how much of it came from the budget.
+  #maxWindow: number;
+  #fromBudget = 0;
+  #mayGrow: boolean;
 
   /** The constructor is for Session only; get streams from open() and accept(). */
   constructor(session: Session, id: number, link: StreamLink, flags: number) {
@@ -232,11 +242,18 @@ export class Stream extends Duplex {
     this.id = id;
     this.#link = link;
     this.#flags = flags;
+    this.#mayGrow = link.budget !== null && link.maxWindow > INITIAL_STREAM_WINDOW;
+    this.#maxWindow = this.#mayGrow ? INITIAL_STREAM_WINDOW : link.maxWindow;
   }
 
   /** sendWindow is how many bytes may be sent before the peer grants more. */
   get sendWindow(): number {
     return this.#sendWindow;
+  }
+
+  /** receiveWindow is the receive window this stream grants, in bytes. */
+  get receiveWindow(): number {
+    return this.#maxWindow;
   }
 
   /** bufferedInbound is how many received bytes wait for the consumer to pull them. */
@@ -403,9 +420,16 @@ export class Stream extends Duplex {
     if (this.#reset || this.#released || this.#link.isClosed()) return;
     const flags = this.#flags;
     if (this.#remoteFin && flags === 0) return;
-    const max = this.#link.maxWindow;
-    const delta = max - this.#unacked - this.#recvWindow;
-    if (flags === 0 && delta < max / 2) return;
+    let delta = this.#maxWindow - this.#unacked - this.#recvWindow;
+    if (flags === 0 && delta < this.#maxWindow / 2) return;
+    // The first update not sent with the SYN or ACK means the consumer has pulled half a
+    // window: a stream carrying bulk data. It grows to the full window if the budget allows.
+    if (this.#mayGrow && flags === 0) {
+      this.#mayGrow = false;
+      this.#fromBudget = this.#link.budget!.take(this.#link.maxWindow - this.#maxWindow);
+      this.#maxWindow += this.#fromBudget;
+      delta += this.#fromBudget;
+    }
     this.#flags = 0;
     this.#recvWindow += delta;
     this.#link.writeFrame(TYPE_WINDOW_UPDATE, flags, this.id, delta, null);
@@ -479,6 +503,9 @@ export class Stream extends Duplex {
   #release(): void {
     if (this.#released) return;
     this.#released = true;
+    this.#mayGrow = false;
+    if (this.#fromBudget > 0) this.#link.budget!.give(this.#fromBudget);
+    this.#fromBudget = 0;
     this.#link.release(this);
   }
 }

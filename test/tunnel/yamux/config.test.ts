@@ -10,6 +10,7 @@ describe('yamux session options', () => {
       keepAliveIntervalMs: 30_000,
       connectionWriteTimeoutMs: 10_000,
       maxStreamWindow: 262_144,
+      windowBudget: null,
       acceptBacklog: 256,
       maxStreams: Number.POSITIVE_INFINITY,
       readInPlace: true,
