@@ -206,9 +206,10 @@ const schema = {
   },
   tunnelWindowBudget: {
     doc: 'Bytes of tunnel stream window above 256 KiB granted at once, over all streams. A ' +
-      'stream starts at 256 KiB and grows to GATEWAY_TUNNEL_STREAM_WINDOW once it carries ' +
-      'bulk data, if this budget has room; 0 keeps every stream at 256 KiB. What streams ' +
-      'whose clients stop reading can hold is then 256 KiB each plus this budget.',
+      'stream starts at 256 KiB and grows to GATEWAY_TUNNEL_STREAM_WINDOW once half a ' +
+      'window has been taken from it, if this budget has room; 0 keeps every stream at ' +
+      '256 KiB. What streams whose clients stop reading can hold is then 256 KiB each plus ' +
+      'this budget.',
     format: 'window-budget', default: 64 * 1024 * 1024, env: 'GATEWAY_TUNNEL_WINDOW_BUDGET',
   },
   maxSessions: {

@@ -4,9 +4,12 @@
 // it is also what a stream whose consumer has stopped reading may hold in memory. A window
 // larger than 256 KiB saves CPU on busy streams, but granted to every stream it multiplies the
 // worst case by the number of streams. Streams of sessions that share a WindowBudget start at
-// 256 KiB and take the rest of their window from the budget once they carry bulk data; they
-// give it back when they close. What all streams may hold is then at most 256 KiB each, plus
-// the budget.
+// 256 KiB and take the rest of their window from the budget once their consumer has taken half
+// a window. They give it back when destroyed, which a stream does by itself once both ends are
+// done and its data has been read; a consumer that drops a stream without reading it to the
+// end must destroy it. What all streams may hold in their queues is then at most 256 KiB each,
+// plus the budget; each stream's Readable may buffer up to its high-water mark and one frame
+// more for its consumer.
 
 /** WindowBudget is the receive window that streams may grant above 256 KiB, all together. */
 export class WindowBudget {

@@ -15,8 +15,8 @@ export interface SessionOptions {
   maxStreamWindow?: number;
   /**
    * windowBudget, shared by sessions, holds the part of maxStreamWindow above 256 KiB: each
-   * stream starts at 256 KiB and takes the rest from it once it carries bulk data. Unset, every
-   * stream grants maxStreamWindow from its SYN.
+   * stream starts at 256 KiB and takes the rest once its consumer has taken half a window.
+   * Unset, every stream grants maxStreamWindow from its SYN.
    */
   windowBudget?: WindowBudget;
   /** acceptBacklog is how many inbound streams may wait for accept() before new ones get RST. */

@@ -234,6 +234,8 @@ export class Stream extends Duplex {
   #maxWindow: number;
   #fromBudget = 0;
   #mayGrow: boolean;
+  // Bytes the consumer has taken ('data' emitted), counted until the stream grows.
+  #taken = 0;
 
   /** The constructor is for Session only; get streams from open() and accept(). */
   constructor(session: Session, id: number, link: StreamLink, flags: number) {
@@ -298,6 +300,8 @@ export class Stream extends Duplex {
   // is also returned to it, to keep.
   override emit(event: string | symbol, ...args: unknown[]): boolean {
     const lent = event === 'data' && this.#lendable && this.readableFlowing === true;
+    // read() emits 'data' too, so this counts every byte a consumer has taken.
+    if (this.#mayGrow && event === 'data') this.#taken += (args[0] as Buffer).length;
     const result = super.emit(event, ...args);
     if (lent) emitted(args[0] as Buffer);
     return result;
@@ -380,6 +384,11 @@ export class Stream extends Duplex {
   }
 
   _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    // The budget comes back only now: a stream closed both ways may still hold a window's
+    // worth of unread data. Once both ends are done, the stream destroys itself.
+    this.#mayGrow = false;
+    if (this.#fromBudget > 0) this.#link.budget!.give(this.#fromBudget);
+    this.#fromBudget = 0;
     if (!this.#released) {
       this.#reset = true;
       this.#release();
@@ -422,9 +431,10 @@ export class Stream extends Duplex {
     if (this.#remoteFin && flags === 0) return;
     let delta = this.#maxWindow - this.#unacked - this.#recvWindow;
     if (flags === 0 && delta < this.#maxWindow / 2) return;
-    // The first update not sent with the SYN or ACK means the consumer has pulled half a
-    // window: a stream carrying bulk data. It grows to the full window if the budget allows.
-    if (this.#mayGrow && flags === 0) {
+    // A consumer that has taken half a window is reading bulk data: the stream grows to the
+    // full window if the budget allows. Bytes pushed to the Readable's buffer do not count, as
+    // a consumer that has paused has not taken them.
+    if (this.#mayGrow && flags === 0 && this.#taken >= INITIAL_STREAM_WINDOW / 2) {
       this.#mayGrow = false;
       this.#fromBudget = this.#link.budget!.take(this.#link.maxWindow - this.#maxWindow);
       this.#maxWindow += this.#fromBudget;
@@ -504,8 +514,6 @@ export class Stream extends Duplex {
     if (this.#released) return;
     this.#released = true;
     this.#mayGrow = false;
-    if (this.#fromBudget > 0) this.#link.budget!.give(this.#fromBudget);
-    this.#fromBudget = 0;
     this.#link.release(this);
   }
 }

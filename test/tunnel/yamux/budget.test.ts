@@ -119,6 +119,44 @@ describe('yamux session: window budget', () => {
     assert.equal(s.incoming.receiveWindow, INITIAL_STREAM_WINDOW);
   });
 
+  it('does not grow a stream whose consumer took one chunk and paused', T, async () => {
+    const budget = new WindowBudget(MiB);
+    const [receiver, sender] = await sessions(budget);
+    const s = await pair(receiver, sender);
+    let took = 0;
+    s.incoming.once('data', (chunk: Buffer) => {
+      took = chunk.length;
+      s.incoming.pause();
+    });
+    s.outgoing.write(Buffer.alloc(INITIAL_STREAM_WINDOW, 'x'));
+    // What was pushed to the paused Readable's buffer has not been taken by the consumer.
+    await until(() => took + s.incoming.readableLength + s.incoming.bufferedInbound ===
+      INITIAL_STREAM_WINDOW, 'the whole window to arrive');
+    assert.ok(took < 128 * KiB && s.incoming.readableLength > 0, `took ${took}`);
+    assert.equal(s.incoming.receiveWindow, INITIAL_STREAM_WINDOW);
+    assert.equal(budget.taken, 0);
+  });
+
+  it('keeps a closed stream\'s part while its unread data waits', T, async () => {
+    const budget = new WindowBudget(MiB);
+    const [receiver, sender] = await sessions(budget);
+    const s = await pair(receiver, sender);
+    s.consume();
+    await send(s, 200 * KiB);
+    assert.equal(budget.taken, 768 * KiB);
+    s.incoming.pause();
+    // The peer fills the grown window and closes; so does this side.
+    s.outgoing.end(Buffer.alloc(900 * KiB, 'y'));
+    s.incoming.end();
+    await until(() => s.incoming.bufferedInbound + s.incoming.readableLength >= 800 * KiB,
+      'the unread data');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(budget.taken, 768 * KiB, 'held while the data waits');
+    s.incoming.resume();
+    await until(() => s.read() === 1100 * KiB, 'everything read');
+    await until(() => budget.taken === 0, 'the budget back once read');
+  });
+
   it('gives every stream\'s part back when the session closes', T, async () => {
     const budget = new WindowBudget(4 * MiB);
     const [receiver, sender] = await sessions(budget, 2 * MiB);
