@@ -2,11 +2,11 @@
 // handed back to the peer only as the consumer pulls data (from _read), and writes wait for the
 // peer's window updates instead of polling.
 import { Duplex } from 'node:stream';
+import type { WindowBudget } from './budget.ts';
 import {
   FLAG_FIN, FLAG_RST, INITIAL_STREAM_WINDOW, MAX_DATA_FRAME, MAX_WINDOW, TYPE_DATA,
   TYPE_WINDOW_UPDATE, YamuxError,
 } from './const.ts';
-import type { WindowBudget } from './budget.ts';
 import type { Session } from './session.ts';
 
 /** WriteCallback is told when a frame has left through the socket, or why it could not. */
@@ -18,7 +18,7 @@ export interface StreamLink {
   readonly maxWindow: number;
   /**
    * budget, when set, holds what maxWindow grants above 256 KiB: a stream starts at 256 KiB
-   * and takes the rest once it carries bulk data (see WindowBudget).
+   * and takes the rest once its consumer has taken half a window (see WindowBudget).
    */
   readonly budget: WindowBudget | null;
   /** isClosed tells whether the session is shut down. */
