@@ -2,7 +2,7 @@
 // one run, with the same Go load client and the same Go gateway behind both. Prints a table
 // (sidecar, Go, ratio, budget) and its markdown form, and writes the results as JSON.
 //
-// Usage: node bench/run.ts [--smoke] [--profile] [--only=GROUPS] [--out=FILE.json]
+// Usage: node bench/run.ts [--smoke] [--profile] [--only=GROUPS] [--out=FILE.json] [--help]
 //   --smoke    tiny sizes, under a minute (also BENCH_SMOKE=1); results go to smoke.json
 //   --profile  run the tunnel throughput lines with the sidecar under `node --cpu-prof` and
 //              print the heaviest functions; results go to profile.json
@@ -120,8 +120,13 @@ function parseOptions(argv: string[]): Options {
       keep: { type: 'boolean', default: false },
       'sidecar-main': { type: 'string' },
       'sidecar-env': { type: 'string', multiple: true },
+      help: { type: 'boolean', default: false },
     },
   });
+  if (values.help) {
+    process.stdout.write(usage());
+    process.exit(0);
+  }
   const smoke = values.smoke || process.env.BENCH_SMOKE === '1';
   const profile = values.profile;
   let groups = new Set<Group>(profile ? ['tunnel'] : GROUPS);
@@ -157,6 +162,15 @@ function parseOptions(argv: string[]): Options {
   }
   return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, sidecarEnv, keep: values.keep,
     out: values.out ?? join(ROOT, 'bench', 'results', name) };
+}
+
+// The usage is this file's opening comment, from its Usage line on.
+function usage(): string {
+  const text = readFileSync(new URL(import.meta.url), 'utf8');
+  const lines = text.split('\n');
+  const from = lines.findIndex((l) => l.startsWith('// Usage:'));
+  const to = lines.findIndex((l, i) => i > from && !l.startsWith('//'));
+  return lines.slice(from, to).map((l) => l.replace(/^\/\/ ?/, '')).join('\n') + '\n';
 }
 
 function say(msg: string): void {
@@ -638,8 +652,10 @@ async function main(): Promise<void> {
   writeFileSync(opts.out.replace(/\.json$/, '') + '.md', markdown + '\n');
   const verdict = `budgets: ${judged.length - missed.length} of ${judged.length} met` +
     (missed.length > 0 ? `; missed: ${missed.join(', ')}` : '');
-  process.stdout.write(`\n${textTable(bench.lines)}\n\n${verdict}\n\n` +
-    `Markdown for the README:\n\n${markdown}\n\nresults: ${opts.out}\n`);
+  // A smoke run's figures mean nothing, so it offers no table for the README.
+  const forReadme = opts.smoke ? '' : `Markdown for the README:\n\n${markdown}\n\n`;
+  process.stdout.write(`\n${textTable(bench.lines)}\n\n${verdict}\n\n${forReadme}` +
+    `results: ${opts.out}\n`);
   if (summary) {
     process.stdout.write(`\n${summary}\n`);
     writeFileSync(opts.out.replace(/\.json$/, '') + '-summary.txt', summary + '\n');

@@ -61,6 +61,10 @@ describe('bench smoke mode', () => {
         const out = join(dir, 'smoke.json');
         const { stdout } = await run(['bench/run.ts', '--smoke', `--out=${out}`]);
         const results = JSON.parse(readFileSync(out, 'utf8')) as Results;
+        const markdown = readFileSync(out.replace(/\.json$/, '.md'), 'utf8');
+        assert.ok(markdown.startsWith('| Line |'));
+        // Smoke figures mean nothing: the run offers no table for the README.
+        assert.ok(!stdout.includes('Markdown for the README'), 'a smoke table offered');
         assert.equal(results.mode, 'smoke');
         assert.deepEqual(results.lines.map((l) => l.id), LINES);
         for (const line of results.lines) {
@@ -71,12 +75,12 @@ describe('bench smoke mode', () => {
             else assert.ok(value > 0, `${line.id} ${side} is ${value}, not positive`);
           }
           if (!MAY_BE_ZERO.has(line.id)) assert.ok((line.ratio ?? 0) > 0, `${line.id} ratio`);
-          assert.ok(stdout.includes(`| ${line.title} |`), `markdown lacks ${line.id}`);
+          assert.ok(markdown.includes(`| ${line.title} |`), `markdown lacks ${line.id}`);
+          assert.ok(stdout.includes(line.title), `the printed table lacks ${line.id}`);
         }
         const slow = results.lines.find((l) => l.id === 'log-slow-rss')!;
         assert.ok((slow.detail?.sidecar?.rss_before_mib ?? 0) > 0, 'sidecar RSS was not read');
         assert.ok((slow.detail?.go?.rss_before_mib ?? 0) > 0, 'Go RSS was not read');
-        assert.ok(readFileSync(out.replace(/\.json$/, '.md'), 'utf8').startsWith('| Line |'));
         const names = new Set(results.processes.map((p) => p.name));
         for (const name of ['sidecar', 'reference-gateway', 'gateway-tunnel', 'bench-client']) {
           assert.ok(names.has(name), `no ${name} was started`);
@@ -91,6 +95,13 @@ describe('bench smoke mode', () => {
   test('an unknown group is refused before anything starts', async () => {
     await assert.rejects(run(['bench/run.ts', '--smoke', '--only=nonsense']),
       /unknown group or line nonsense/);
+  });
+
+  test('--help prints the usage and starts nothing', async () => {
+    const { stdout } = await run(['bench/run.ts', '--help']);
+    assert.match(stdout, /^Usage: node bench\/run\.ts/);
+    assert.match(stdout, /--only {5}comma-separated groups/);
+    assert.doesNotMatch(stdout, /budgets:/);
   });
 });
 
