@@ -38,8 +38,10 @@ function addWholeNumberFormat(name: string, min: number, max: number, what: stri
         throw new Error(`must be a whole number ${what}`);
       }
     },
+    // A number too large to hold exactly stays as it was set, for the error to quote.
     coerce(value: string) {
-      return /^\s*\d+\s*$/.test(String(value)) ? Number(value) : value;
+      const n = Number(value);
+      return /^\s*\d+\s*$/.test(String(value)) && Number.isSafeInteger(n) ? n : value;
     },
   });
 }

@@ -62,4 +62,9 @@ test('GATEWAY_TUNNEL_WINDOW_BUDGET: 64 MiB by default, 0 to 64 GiB, else refused
       /GATEWAY_TUNNEL_WINDOW_BUDGET \(tunnelWindowBudget\): must be a whole number of bytes/,
       bad);
   }
+  // A number too large for a double to hold exactly is quoted as it was set, not rounded.
+  assert.throws(() => loadSettings({ GATEWAY_TUNNEL_WINDOW_BUDGET: '9007199254740993' }),
+    /value was "9007199254740993"/);
+  assert.equal(loadSettings({ GATEWAY_MAX_TUNNELS: '9007199254740991' }).maxTunnels,
+    Number.MAX_SAFE_INTEGER);
 });

@@ -11,6 +11,8 @@ export interface AdminViews {
   config: () => object;
 }
 
+const PAGES = ['/healthz', '/readyz', '/metrics', '/debug/tunnels', '/debug/config'];
+
 /** startAdmin listens on host:port and serves the admin endpoints. */
 export function startAdmin(host: string, port: number, views: AdminViews): Promise<Server> {
   const server = createServer(async (req, res) => {
@@ -45,7 +47,7 @@ export function startAdmin(host: string, port: number, views: AdminViews): Promi
           return json(200, views.config());
         default:
           res.writeHead(404, { 'Content-Type': 'application/json' });
-          res.end(errorBody('not found'));
+          res.end(errorBody(`not found; the admin pages are ${PAGES.join(', ')}`));
       }
     } catch {
       res.writeHead(500, { 'Content-Type': 'application/json' });
