@@ -12,7 +12,7 @@ import {
 } from './const.ts';
 import { encodeHeader, FrameDecoder } from './frame.ts';
 import {
-  kAccept, kData, kExpect, kFin, kOpen, kRemoteEnded, kTerminate, kWindow, Stream,
+  kAccept, kData, kExpect, kFin, kOpen, kRemoteEnded, kSend, kTerminate, kWindow, Stream,
   type StreamLink, type WriteCallback,
 } from './stream.ts';
 
@@ -37,6 +37,16 @@ export const READ_BUFFER_SIZE = 256 * 1024;
 const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
 
 /**
+ * SEND_QUEUE_LIMIT is how much may wait unsent in the socket before streams hold their data
+ * back until it drains. Each stream may send a whole window at once, so without a limit a
+ * peer that reads slowly would have a window per busy stream queued here (a tunnel's 1024
+ * streams at yamux's 256 KiB: 256 MiB), and the write timeout would close a session whose peer
+ * reads steadily but cannot take that much within it. A turn of eight busy streams queues
+ * about 2 MiB, well under the limit.
+ */
+export const SEND_QUEUE_LIMIT = 4 * 1024 * 1024;
+
+/**
  * Session multiplexes streams over one socket, which it owns and closes. Events: 'close'
  * (err?: Error) once when the session ends, 'goaway' (reason: number) the first time the peer
  * sends GoAway, and 'protocol-error' (err: YamuxError) when malformed input makes this side
@@ -53,6 +63,8 @@ export class Session extends EventEmitter {
   readonly #link: StreamLink;
   readonly #streams = new Map<number, Stream>();
   readonly #backlog: Stream[] = [];
+  // Streams with data to send that wait for the socket to drain, in the order they came.
+  readonly #sendWaiters = new Set<Stream>();
   readonly #acceptWaiters: AcceptWaiter[] = [];
   readonly #pings = new Map<number, PendingPing>();
   #nextId: number;
@@ -98,6 +110,14 @@ export class Session extends EventEmitter {
         this.#writeFrame(type, flags, id, length, payload, cb),
       release: (stream) => {
         if (this.#streams.get(stream.id) === stream) this.#streams.delete(stream.id);
+      },
+      congested: () => {
+        const socket = this.#socket;
+        // Without a refused write there is no 'drain' to wait for.
+        return socket.writableNeedDrain && socket.writableLength >= SEND_QUEUE_LIMIT;
+      },
+      waitToSend: (stream) => {
+        this.#sendWaiters.add(stream);
       },
     };
     // Frames are small and latency matters for pings and interactive streams; writes are
@@ -219,6 +239,7 @@ export class Session extends EventEmitter {
     this.#rx = null;
     if (this.#keepAliveTimer !== null) clearInterval(this.#keepAliveTimer);
     if (this.#drainTimer !== null) clearTimeout(this.#drainTimer);
+    this.#sendWaiters.clear();
     // Nobody holds un-accepted streams, so they end quietly rather than with an error that no
     // listener would catch.
     for (const stream of this.#backlog.splice(0)) stream[kTerminate](null);
@@ -327,6 +348,11 @@ export class Session extends EventEmitter {
 
   #onDrain = (): void => {
     this.#awaitingDrain = false;
+    if (this.#sendWaiters.size === 0) return;
+    const waiters = [...this.#sendWaiters];
+    this.#sendWaiters.clear();
+    // A stream that finds the socket congested again waits anew, behind the ones not yet run.
+    for (const stream of waiters) stream[kSend]();
   };
 
   #onDrainTimeout = (): void => {

@@ -30,6 +30,10 @@ export interface StreamLink {
   ): void;
   /** release forgets a stream that is closed both ways or reset. */
   release(stream: Stream): void;
+  /** congested tells whether the socket holds so much unsent that data should wait. */
+  congested(): boolean;
+  /** waitToSend has the stream's kSend called once the socket has drained. */
+  waitToSend(stream: Stream): void;
 }
 
 // Symbol-named methods are the session's handle on a stream; index.ts does not export them.
@@ -49,6 +53,8 @@ export const kFin = Symbol('yamux.fin');
 export const kRemoteEnded = Symbol('yamux.remoteEnded');
 /** kTerminate ends a stream from the session side without sending RST. */
 export const kTerminate = Symbol('yamux.terminate');
+/** kSend goes on with a write that waited for the socket to drain. */
+export const kSend = Symbol('yamux.send');
 
 // Below this size payload is copied into a shared slab, so tiny frames neither pin whole socket
 // chunks nor cost one queue entry each.
@@ -343,6 +349,10 @@ export class Stream extends Duplex {
     return true;
   }
 
+  [kSend](): void {
+    this.#pump();
+  }
+
   [kFin](): boolean {
     if (this.#remoteFin) return false;
     this.#remoteFin = true;
@@ -486,6 +496,10 @@ export class Stream extends Duplex {
       }
       const room = Math.min(this.#sendWindow, MAX_DATA_FRAME);
       if (room === 0) return;
+      if (this.#link.congested()) {
+        this.#link.waitToSend(this);
+        return;
+      }
       const pieces: Buffer[] = [];
       let len = 0;
       while (len < room && p.index < bufs.length) {

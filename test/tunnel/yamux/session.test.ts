@@ -13,6 +13,7 @@ import { encodeHeader, FrameDecoder, type FrameHeader } from '../../../src/tunne
 import {
   Session, type SessionOptions, type Stream, YamuxError,
 } from '../../../src/tunnel/yamux/index.ts';
+import { SEND_QUEUE_LIMIT } from '../../../src/tunnel/yamux/session.ts';
 
 const WAIT_MS = 10_000;
 const T = { timeout: 30_000 };
@@ -473,6 +474,45 @@ describe('yamux session: limits', () => {
     const err = await closed;
     assert.equal((err as YamuxError).code, 'ERR_YAMUX_WRITE_TIMEOUT');
     assert.equal(err?.message, 'connection write timeout');
+  });
+  it('holds streams\' data back while the socket has SEND_QUEUE_LIMIT unsent', T, async () => {
+    // 128 streams each send a whole initial window to a peer that is not reading: 32 MiB,
+    // more than the kernel's buffers take, so the rest would wait in the socket.
+    const [a, b] = await socketPair();
+    const session = new Session(a, { role: 'server', keepAliveIntervalMs: 0 });
+    cleanups.push(() => session.close());
+    b.pause();
+    const streams = 128;
+    let written = 0;
+    let failed: Error | null | undefined;
+    for (let i = 0; i < streams; i++) {
+      const stream = session.open();
+      stream.on('error', () => {});
+      stream.write(Buffer.alloc(INITIAL_STREAM_WINDOW, i), (err) => {
+        if (err) failed = err;
+        else written++;
+      });
+    }
+    // Let every stream send what it may, then see what waits in the socket.
+    let last = -1;
+    await until('the socket to stop growing', () => {
+      const now = a.writableLength;
+      const steady = now === last && now > 0;
+      last = now;
+      return steady;
+    });
+    assert.ok(a.writableLength <= SEND_QUEUE_LIMIT + 128 * 1024,
+      `${a.writableLength} bytes wait in the socket`);
+    assert.ok(written < streams, 'some streams wait');
+
+    // The peer reads: every write completes and the session stays up.
+    let received = 0;
+    b.on('data', (d: Buffer) => { received += d.length; });
+    b.resume();
+    await until('every write to complete', () => written === streams || failed !== undefined);
+    assert.equal(failed, undefined);
+    await until('the peer to have it all', () => received >= streams * INITIAL_STREAM_WINDOW);
+    assert.equal(session.closed, false);
   });
 });
 
