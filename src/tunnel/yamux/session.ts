@@ -38,13 +38,15 @@ const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
 
 /**
  * SEND_QUEUE_LIMIT is how much may wait unsent in the socket before streams hold their data
- * back until it drains. Each stream may send a whole window at once, so without a limit a
- * peer that reads slowly would have a window per busy stream queued here (a tunnel's 1024
- * streams at yamux's 256 KiB: 256 MiB), and the write timeout would close a session whose peer
- * reads steadily but cannot take that much within it. A turn of eight busy streams queues
- * about 2 MiB, well under the limit.
+ * back and take turns, in the order they came, as it leaves. Each stream may send a whole
+ * window at once, so without a limit a peer that reads slowly would have a window per busy
+ * stream queued here (a tunnel's 1024 streams at yamux's 256 KiB: 256 MiB). A turn of the
+ * event loop with eight busy streams queues about 2 MiB, well under the limit.
  */
 export const SEND_QUEUE_LIMIT = 4 * 1024 * 1024;
+
+// A write of no bytes, whose callback tells that everything written before it has left.
+const PROGRESS_MARK = Buffer.alloc(0);
 
 /**
  * Session multiplexes streams over one socket, which it owns and closes. Events: 'close'
@@ -63,8 +65,12 @@ export class Session extends EventEmitter {
   readonly #link: StreamLink;
   readonly #streams = new Map<number, Stream>();
   readonly #backlog: Stream[] = [];
-  // Streams with data to send that wait for the socket to drain, in the order they came.
+  // Streams with data to send that wait for room in the socket, in the order they came, and the
+  // one taking its turn now.
   readonly #sendWaiters = new Set<Stream>();
+  #sending: Stream | null = null;
+  // Whether a PROGRESS_MARK is on its way out.
+  #marking = false;
   readonly #acceptWaiters: AcceptWaiter[] = [];
   readonly #pings = new Map<number, PendingPing>();
   #nextId: number;
@@ -111,13 +117,14 @@ export class Session extends EventEmitter {
       release: (stream) => {
         if (this.#streams.get(stream.id) === stream) this.#streams.delete(stream.id);
       },
-      congested: () => {
-        const socket = this.#socket;
-        // Without a refused write there is no 'drain' to wait for.
-        return socket.writableNeedDrain && socket.writableLength >= SEND_QUEUE_LIMIT;
+      mustWait: (stream) => {
+        if (this.#socket.writableLength >= SEND_QUEUE_LIMIT) return true;
+        return this.#sending !== stream && this.#sendWaiters.size > 0;
       },
       waitToSend: (stream) => {
+        // A stream already waiting keeps its place.
         this.#sendWaiters.add(stream);
+        this.#watchProgress();
       },
     };
     // Frames are small and latency matters for pings and interactive streams; writes are
@@ -335,28 +342,61 @@ export class Session extends EventEmitter {
     this.#socket.uncork();
   }
 
+  // A refused write starts the write timeout. The session is closed when the peer takes
+  // nothing for that long: a zero-length PROGRESS_MARK written behind what is queued tells
+  // when everything before it has left, which restarts the clock, and the next mark goes
+  // behind what is queued then. Waiting for 'drain' alone would close a session whose peer
+  // reads steadily while busy streams keep some data queued, as 'drain' needs an empty queue.
   #armDrainTimer(): void {
     if (this.#awaitingDrain) return;
     this.#awaitingDrain = true;
+    this.#watchProgress();
+  }
+
+  #watchProgress(): void {
+    if (this.#marking || this.#closed) return;
+    const socket = this.#socket;
+    if (socket.writableEnded || socket.destroyed) return;
     if (this.#drainTimer === null) {
       this.#drainTimer = setTimeout(this.#onDrainTimeout, this.#config.connectionWriteTimeoutMs);
       this.#drainTimer.unref();
     } else {
       this.#drainTimer.refresh();
     }
+    this.#marking = true;
+    socket.write(PROGRESS_MARK, this.#onProgress);
   }
+
+  #onProgress = (err?: Error | null): void => {
+    this.#marking = false;
+    if (err || this.#closed) return;
+    this.#sendTurns();
+    if (this.#socket.writableLength === 0) this.#awaitingDrain = false;
+    if (this.#awaitingDrain || this.#sendWaiters.size > 0) this.#watchProgress();
+  };
 
   #onDrain = (): void => {
     this.#awaitingDrain = false;
-    if (this.#sendWaiters.size === 0) return;
-    const waiters = [...this.#sendWaiters];
-    this.#sendWaiters.clear();
-    // A stream that finds the socket congested again waits anew, behind the ones not yet run.
-    for (const stream of waiters) stream[kSend]();
+    this.#sendTurns();
   };
 
+  // Gives waiting streams their turns, in order, while the socket has room. A stream that
+  // fills it waits anew, behind the others.
+  #sendTurns(): void {
+    for (const stream of this.#sendWaiters) {
+      if (this.#socket.writableLength >= SEND_QUEUE_LIMIT) return;
+      this.#sendWaiters.delete(stream);
+      this.#sending = stream;
+      try {
+        stream[kSend]();
+      } finally {
+        this.#sending = null;
+      }
+    }
+  }
+
   #onDrainTimeout = (): void => {
-    if (this.#awaitingDrain && !this.#closed) {
+    if ((this.#awaitingDrain || this.#marking) && !this.#closed) {
       this.close(new YamuxError('ERR_YAMUX_WRITE_TIMEOUT'));
     }
   };

@@ -30,9 +30,12 @@ export interface StreamLink {
   ): void;
   /** release forgets a stream that is closed both ways or reset. */
   release(stream: Stream): void;
-  /** congested tells whether the socket holds so much unsent that data should wait. */
-  congested(): boolean;
-  /** waitToSend has the stream's kSend called once the socket has drained. */
+  /**
+   * mustWait tells whether the stream's data should wait: the socket holds too much unsent,
+   * or other streams already wait their turn.
+   */
+  mustWait(stream: Stream): boolean;
+  /** waitToSend queues the stream for a turn: its kSend is called when there is room. */
   waitToSend(stream: Stream): void;
 }
 
@@ -496,7 +499,7 @@ export class Stream extends Duplex {
       }
       const room = Math.min(this.#sendWindow, MAX_DATA_FRAME);
       if (room === 0) return;
-      if (this.#link.congested()) {
+      if (this.#link.mustWait(this)) {
         this.#link.waitToSend(this);
         return;
       }

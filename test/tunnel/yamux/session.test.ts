@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { afterEach, describe, it } from 'node:test';
 import {
   FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, INITIAL_STREAM_WINDOW, TYPE_DATA, TYPE_GO_AWAY,
@@ -513,6 +514,53 @@ describe('yamux session: limits', () => {
     assert.equal(failed, undefined);
     await until('the peer to have it all', () => received >= streams * INITIAL_STREAM_WINDOW);
     assert.equal(session.closed, false);
+  });
+});
+
+describe('yamux session: a peer that reads slowly', () => {
+  // The session's socket is a Duplex that takes each batch of writes at a fixed pace,
+  // 256 KiB every 20 ms, as a peer reading a slow link would: the queue never empties while
+  // streams keep writing, so 'drain' never comes until the end.
+  class SlowLink extends Duplex {
+    taken = 0;
+    _read(): void {}
+    _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+      let left = chunks.reduce((n, c) => n + c.chunk.length, 0);
+      const tick = () => {
+        const n = Math.min(left, 256 * 1024);
+        left -= n;
+        this.taken += n;
+        if (left > 0) setTimeout(tick, 20);
+        else cb();
+      };
+      setTimeout(tick, 20);
+    }
+  }
+
+  it('stays up while the peer takes data steadily, whatever is queued', T, async () => {
+    const link = new SlowLink();
+    const session = new Session(link, {
+      role: 'client', keepAliveIntervalMs: 0, connectionWriteTimeoutMs: 1000,
+    });
+    cleanups.push(() => session.close());
+    const closed = closeEvent(session).catch(() => undefined);
+    const streams = 8;
+    const each = 4 << 20;
+    // The peer grants each stream room for all of it.
+    let done = 0;
+    for (let i = 0; i < streams; i++) {
+      const stream = session.open();
+      stream.on('error', () => {});
+      link.push(encodeHeader(TYPE_WINDOW_UPDATE, FLAG_ACK, stream.id, each));
+      await until('the window', () => stream.sendWindow >= each);
+      stream.end(Buffer.alloc(each, i), () => { done++; });
+    }
+    // 32 MiB at 12.8 MB/s: well over the write timeout.
+    await until('every stream to be written', () => done === streams || session.closed);
+    assert.equal(session.closed, false, 'closed with a write timeout');
+    assert.ok(link.taken >= streams * each);
+    session.close();
+    await closed;
   });
 });
 
