@@ -3,11 +3,11 @@
 // sessions over loopback TCP; the side with the budget opens the streams and receives, as the
 // sidecar does with crunch-run's gateway.
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import net from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import { INITIAL_STREAM_WINDOW } from '../../../src/tunnel/yamux/const.ts';
 import { Session, type Stream, WindowBudget } from '../../../src/tunnel/yamux/index.ts';
+import { loopbackPair } from './loopback.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -19,17 +19,7 @@ afterEach(() => {
 });
 
 async function sessions(budget: WindowBudget, window = MiB): Promise<[Session, Session]> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  const [a, b] = await Promise.all([
-    new Promise<net.Socket>((resolve, reject) => {
-      const c = net.connect(port, '127.0.0.1', () => resolve(c));
-      c.once('error', reject);
-    }),
-    once(server, 'connection').then(([s]) => s as net.Socket),
-  ]);
-  server.close();
+  const [a, b] = await loopbackPair();
   const receiver = new Session(b, {
     role: 'server', keepAliveIntervalMs: 0, maxStreamWindow: window, windowBudget: budget,
   });

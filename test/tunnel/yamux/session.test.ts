@@ -15,6 +15,7 @@ import {
   Session, type SessionOptions, type Stream, YamuxError,
 } from '../../../src/tunnel/yamux/index.ts';
 import { SEND_QUEUE_LIMIT } from '../../../src/tunnel/yamux/session.ts';
+import { loopbackPair } from './loopback.ts';
 
 const WAIT_MS = 10_000;
 const T = { timeout: 30_000 };
@@ -25,17 +26,7 @@ afterEach(() => {
 });
 
 async function socketPair(): Promise<[net.Socket, net.Socket]> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  const [a, b] = await Promise.all([
-    new Promise<net.Socket>((resolve, reject) => {
-      const c = net.connect(port, '127.0.0.1', () => resolve(c));
-      c.once('error', reject);
-    }),
-    once(server, 'connection').then(([s]) => s as net.Socket),
-  ]);
-  server.close();
+  const [a, b] = await loopbackPair();
   cleanups.push(() => {
     a.destroy();
     b.destroy();
