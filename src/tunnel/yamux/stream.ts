@@ -56,7 +56,7 @@ export const kFin = Symbol('yamux.fin');
 export const kRemoteEnded = Symbol('yamux.remoteEnded');
 /** kTerminate ends a stream from the session side without sending RST. */
 export const kTerminate = Symbol('yamux.terminate');
-/** kSend goes on with a write that waited for the socket to drain. */
+/** kSend goes on with a write that waited its turn for room in the socket. */
 export const kSend = Symbol('yamux.send');
 
 // Below this size payload is copied into a shared slab, so tiny frames neither pin whole socket
@@ -530,6 +530,7 @@ export class Stream extends Duplex {
   #release(): void {
     if (this.#released) return;
     this.#released = true;
+    // No window update follows, so there is nothing left to grow or to count towards it.
     this.#mayGrow = false;
     this.#link.release(this);
   }
