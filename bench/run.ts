@@ -12,7 +12,8 @@
 //   --sidecar-env  NAME=VALUE: a setting for the sidecar (A/B trials of a setting, e.g.
 //              GATEWAY_BUSY_POLL_US=0), repeatable; recorded in the results and the notes
 //   --keep     keep the work directory (the sidecar's logs) after the run
-//   --only     comma-separated groups (tunnel, direct, log, slow, rtt, idle, accept) or
+//   --reps     turns per line instead of 7 (1 with --smoke): more for A/B trials of tails
+//   --only     comma-separated groups (tunnel, direct, log, slow, rtt, trickle, idle, accept) or
 //              throughput line ids (tunnel-up-1, tunnel-down-8, direct-up-1, ...)
 import { execFileSync } from 'node:child_process';
 import {
@@ -40,6 +41,10 @@ interface Sizes {
   reps: number;
   rttSamples: number;
   rttWarmup: number;
+  /** trickleEveryUs are the paces of the small-writes lines, one line each. */
+  trickleEveryUs: number[];
+  trickleSeconds: number;
+  trickleReps: number;
   logBytes: number;
   slowRate: number;
   slowSeconds: number;
@@ -60,6 +65,9 @@ const FULL: Sizes = {
   reps: 7,
   rttSamples: 20_000,
   rttWarmup: 1000,
+  trickleEveryUs: [50, 150, 300],
+  trickleSeconds: 4,
+  trickleReps: 3,
   logBytes: 1024 * MiB,
   slowRate: 1_000_000,
   slowSeconds: 20,
@@ -74,6 +82,9 @@ const SMOKE: Sizes = {
   reps: 1,
   rttSamples: 200,
   rttWarmup: 20,
+  trickleEveryUs: [150],
+  trickleSeconds: 0.5,
+  trickleReps: 1,
   logBytes: 8 * MiB,
   slowRate: 1_000_000,
   slowSeconds: 2,
@@ -83,7 +94,7 @@ const SMOKE: Sizes = {
   settleMs: 200,
 };
 
-const GROUPS = ['tunnel', 'direct', 'log', 'slow', 'rtt', 'idle', 'accept'] as const;
+const GROUPS = ['tunnel', 'direct', 'log', 'slow', 'rtt', 'trickle', 'idle', 'accept'] as const;
 type Group = typeof GROUPS[number];
 
 // Throughput lines may also be picked one by one, e.g. to profile one direction.
@@ -105,6 +116,8 @@ interface Options {
   sidecarMain: string;
   sidecarEnv: Record<string, string>;
   keep: boolean;
+  /** reps overrides the sizes' number of turns per line. */
+  reps: number | undefined;
   out: string;
 }
 
@@ -118,6 +131,7 @@ function parseOptions(argv: string[]): Options {
       out: { type: 'string' },
       'node-flags': { type: 'string' },
       keep: { type: 'boolean', default: false },
+      reps: { type: 'string' },
       'sidecar-main': { type: 'string' },
       'sidecar-env': { type: 'string', multiple: true },
       help: { type: 'boolean', default: false },
@@ -150,6 +164,13 @@ function parseOptions(argv: string[]): Options {
   }
   const name = profile ? 'profile.json' : smoke ? 'smoke.json' : 'latest.json';
   const nodeFlags = (values['node-flags'] ?? '').split(/\s+/).filter(Boolean);
+  let reps: number | undefined;
+  if (values.reps !== undefined) {
+    reps = Number(values.reps);
+    if (!Number.isInteger(reps) || reps < 1 || reps > 100) {
+      throw new Error(`--reps must be a whole number from 1 to 100, not ${values.reps}`);
+    }
+  }
   const sidecarMain = values['sidecar-main'] ?? join(ROOT, 'src', 'main.ts');
   const sidecarEnv: Record<string, string> = {};
   const settings = new Set(describeSettings().map((d) => d.env));
@@ -161,7 +182,7 @@ function parseOptions(argv: string[]): Options {
     sidecarEnv[m[1]] = m[2];
   }
   return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, sidecarEnv, keep: values.keep,
-    out: values.out ?? join(ROOT, 'bench', 'results', name) };
+    reps, out: values.out ?? join(ROOT, 'bench', 'results', name) };
 }
 
 // The usage is this file's opening comment, from its Usage line on.
@@ -200,7 +221,9 @@ class Bench {
 
   constructor(opts: Options) {
     this.opts = opts;
-    this.sizes = opts.smoke ? SMOKE : FULL;
+    const sizes = opts.smoke ? SMOKE : FULL;
+    this.sizes = opts.reps === undefined ? sizes
+      : { ...sizes, reps: opts.reps, trickleReps: opts.reps };
   }
 
   get root(): string {
@@ -423,6 +446,8 @@ class Bench {
     const p99: Record<string, number[]> = { sidecar: [], go: [] };
     const cpu: Record<string, number[]> = { sidecar: [], go: [] };
     const sys: Record<string, number[]> = { sidecar: [], go: [] };
+    // The rest of each run's distribution, for the JSON: where a p99 comes from.
+    const tails: Record<string, Record<string, number[]>> = { sidecar: {}, go: {} };
     const trips = this.sizes.rttSamples + this.sizes.rttWarmup;
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
@@ -433,6 +458,9 @@ class Bench {
         const used = cpuSince(side.proc.pid, cpu0);
         p50[side.name].push(Number(r.p50_us));
         p99[side.name].push(Number(r.p99_us));
+        for (const key of ['p90_us', 'p999_us', 'max_us']) {
+          (tails[side.name][key] ??= []).push(Number(r[key]));
+        }
         // The session's set-up and teardown are in this too; next to thousands of round trips
         // they are noise.
         cpu[side.name].push(used.total * 1e6 / trips);
@@ -445,13 +473,39 @@ class Bench {
     p50.sidecar, p50.go);
     this.record({ id: 'rtt-p99', title: `Round trip 64 B via tunnel, p99 (${n} samples)`,
       unit: 'µs', better: 'lower', budget: { op: '<=', value: 1, of: 'ratio' } },
-    p99.sidecar, p99.go);
+    p99.sidecar, p99.go, undefined, { sidecar: tails.sidecar, go: tails.go });
     // Like the throughput lines' CPU figures: /proc's 10 ms ticks need thousands of trips.
     if (trips < 5000) return;
     this.record({ id: 'cpu-rtt', title: '↳ proxy CPU time per round trip',
       unit: 'CPU µs', better: 'lower' }, cpu.sidecar, cpu.go, undefined, {
       sidecar: { sys_us_per_trip: median(sys.sidecar) }, go: { sys_us_per_trip: median(sys.go) },
     });
+  }
+
+  /**
+   * runTrickle measures what small messages at a steady pace cost each proxy in CPU: the
+   * price of the sidecar's busy polling (which opens a window after each small read), next
+   * to what Go's runtime spends on the same traffic. These lines have no budget.
+   */
+  async runTrickle(): Promise<void> {
+    const { trickleSeconds, trickleReps } = this.sizes;
+    for (const every of this.sizes.trickleEveryUs) {
+      const load: Record<string, number[]> = { sidecar: [], go: [] };
+      for (let rep = 0; rep < trickleReps; rep++) {
+        for (const side of this.sides()) {
+          const cpu0 = cpuTimes(side.proc.pid);
+          const r = await this.client(['trickle', '-url', side.url, '-uuid', TUNNEL,
+            '-token', this.token, '-size', '12', '-every', `${every}us`,
+            '-duration', `${trickleSeconds * 1000}ms`], (trickleSeconds + 60) * 1000);
+          const used = cpuSince(side.proc.pid, cpu0);
+          // The upgrade and the stream's set-up are in this too: a few ms next to seconds.
+          load[side.name].push(100 * used.total / Number(r.seconds));
+        }
+      }
+      this.record({ id: `trickle-cpu-${every}`,
+        title: `12 B every ${every} µs via tunnel: proxy CPU`, unit: '% core',
+        better: 'lower' }, load.sidecar, load.go);
+    }
   }
 
   /** openTunnels opens n tunnels to a side with the tunnels client and returns it. */
@@ -538,6 +592,7 @@ class Bench {
     if (g.has('direct')) await this.runDirect();
     if (g.has('log')) await this.runLog();
     if (g.has('rtt')) await this.runRtt();
+    if (g.has('trickle')) await this.runTrickle();
     if (g.has('idle') || g.has('accept')) {
       await this.restartProxies();
       if (g.has('idle')) await this.runIdle();

@@ -233,7 +233,7 @@ const schema = {
   busyPollUs: {
     doc: 'After each small read, keep the event loop polling this many microseconds before it ' +
       'sleeps (0 to 1000; 0 is off): shorter round trips for some CPU time.',
-    format: 'busy-poll-us', default: 100, env: 'GATEWAY_BUSY_POLL_US',
+    format: 'busy-poll-us', default: 200, env: 'GATEWAY_BUSY_POLL_US',
   },
   logLevel: {
     doc: 'Log level: trace, debug, info, warn, error, fatal.',

@@ -18,6 +18,7 @@ const LINES = [
   'direct-up-1', 'direct-down-1',
   'log-download',
   'rtt-p50', 'rtt-p99',
+  'trickle-cpu-150',
   'idle-tunnels-rss',
   'accept-rate',
 ];

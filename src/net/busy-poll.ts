@@ -12,12 +12,17 @@
 //
 // The cost is CPU time while a window is open and nothing arrives. A sidecar that reads nothing
 // spins not at all, and one that is busy was awake anyway. In between, windows that do not pay
-// back off. A window pays when it lasted no longer than one window per read it caught (each a
-// wake-up saved). After one that did not, the next small read opens none; after two in a row
-// the next two open none, and so on up to MAX_BACKOFF, until a window pays again. Traffic whose reads are further apart than the window (typing in a
-// shell) so spends at most one window in MAX_BACKOFF + 1 reads. Only small reads count, and
-// only away from bulk transfers: round trips are made of small reads, and a transfer, which
-// fills its reads and keeps the loop busy, gains nothing.
+// back off. A window pays while the reads it catches (each a wake-up saved) come on average no
+// more than half a window apart. So the window can be long enough to ride out an answer that is
+// late now and then, while traffic that keeps it open only by arriving just inside it, a read
+// every 150 µs in a 200 µs window, does not pay for spinning all the time. A window is judged
+// when it closes, over its whole life, and while it stays open, over each PAY_READS reads it
+// catches. After one that did not pay, the next small read opens none; after two in a row the
+// next two open none, and so on up to MAX_BACKOFF, until a window pays again. Traffic whose
+// reads are further apart than the window (typing in a shell) so spends at most one window in
+// MAX_BACKOFF + 1 reads. Only small reads count, and only away from bulk transfers: round trips
+// are made of small reads, and a transfer, which fills its reads and keeps the loop busy, gains
+// nothing.
 //
 // The window is a setting (GATEWAY_BUSY_POLL_US, 0 turns it off); the time spent is a metric.
 import { performance } from 'node:perf_hooks';
@@ -44,7 +49,12 @@ export class BusyPoll {
   #until = 0;
   #openedAt = 0;
   #spinning = false;
+  /** #scheduled tells whether a turn is on its way, to keep to one at a time. */
+  #scheduled = false;
   #caught = 0;
+  /** #stretchAt and #stretchReads measure the open window's latest PAY_READS reads. */
+  #stretchAt = 0;
+  #stretchReads = 0;
   #backoff = 0;
   #skip = 0;
   #spentMs = 0;
@@ -116,6 +126,15 @@ export class BusyPoll {
     this.#reads++;
     if (this.#spinning) {
       this.#caught++;
+      if (++this.#stretchReads === PAY_READS) {
+        if (now - this.#stretchAt > (PAY_READS * window) / 2) {
+          // Kept open, but by reads too far apart to be worth it: let go at the next turn.
+          this.#close(now, false);
+          return;
+        }
+        this.#stretchAt = now;
+        this.#stretchReads = 0;
+      }
       this.#until = now + window;
       return;
     }
@@ -127,11 +146,19 @@ export class BusyPoll {
     this.#spinning = true;
     this.#caught = 0;
     this.#openedAt = now;
+    this.#stretchAt = now;
+    this.#stretchReads = 0;
     this.#windows++;
-    this.#schedule(this.#turn);
+    // A window closed early may still have its turn scheduled; that turn serves this one.
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      this.#schedule(this.#turn);
+    }
   }
 
   #spin(): void {
+    this.#scheduled = false;
+    if (!this.#spinning) return;
     let now = this.#now();
     if (now < this.#until) {
       // Each turn allocates an immediate, and a turn with nothing to do takes about a
@@ -139,14 +166,23 @@ export class BusyPoll {
       // Waiting out a slice here first makes a few, for at most a slice's delay to a read.
       const end = Math.min(this.#until, now + this.#sliceMs);
       while (now < end) now = this.#now();
+      this.#scheduled = true;
       this.#schedule(this.#turn);
       return;
     }
-    this.#spinning = false;
     const spent = now - this.#openedAt;
-    this.#spentMs += spent;
-    // Worth it if it cost no more than a window per read it caught, each a wake-up saved.
-    if (this.#caught > 0 && spent <= this.#caught * this.#windowMs) {
+    this.#close(now, this.#caught > 0 && spent <= (this.#caught * this.#windowMs) / 2);
+  }
+
+  /**
+   * #close ends the open window; a turn already scheduled finds it closed and schedules no
+   * other. A window that did not pay makes the next reads skip polling.
+   */
+  #close(now: number, paid: boolean): void {
+    this.#spinning = false;
+    this.#until = 0;
+    this.#spentMs += now - this.#openedAt;
+    if (paid) {
       this.#backoff = 0;
     } else {
       this.#backoff = Math.min(MAX_BACKOFF, Math.max(1, this.#backoff * 2));
@@ -157,6 +193,13 @@ export class BusyPoll {
 
 /** SLICE_US is how long a turn of an open window waits before it lets the loop poll again. */
 export const SLICE_US = 5;
+
+/**
+ * PAY_READS is how many reads an open window catches between checks that it still pays. Few
+ * enough that a change of pace is noticed within a couple of milliseconds; enough that one late
+ * answer among them does not close a window that round trips keep paying for.
+ */
+export const PAY_READS = 8;
 
 /** MAX_BACKOFF is the most small reads skipped after windows that caught nothing. */
 export const MAX_BACKOFF = 64;

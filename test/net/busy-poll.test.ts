@@ -7,7 +7,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
 import {
-  BULK_QUIET_MS, BULK_READ, BusyPoll, MAX_BACKOFF, SLICE_US, busyPoll,
+  BULK_QUIET_MS, BULK_READ, BusyPoll, MAX_BACKOFF, PAY_READS, SLICE_US, busyPoll,
 } from '../../src/net/busy-poll.ts';
 import { readInto } from '../../src/net/read-into.ts';
 import { loadSettings } from '../../src/settings.ts';
@@ -59,10 +59,10 @@ test('a small read opens a window; the loop turns through it, then lets go', () 
 
 test('a read inside an open window moves its end, and a window that caught one goes on', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.opts);
+  const poll = new BusyPoll(200, m.opts);
   for (let i = 0; i < 20; i++) {
     poll.afterRead(64);
-    m.ms += 0.06; // an answer 60 µs later: inside the window
+    m.ms += 0.06; // an answer 60 µs later: inside the window, and within half of it
     m.turn();
     assert.equal(poll.spinning, true);
   }
@@ -72,6 +72,22 @@ test('a read inside an open window moves its end, and a window that caught one g
   assert.equal(poll.backoff, 0, 'it caught reads, so the next read polls again');
   poll.afterRead(64);
   assert.equal(poll.windows, 2);
+});
+
+test('round trips keep a window open through an answer that is late now and then', () => {
+  // Reads 70 µs apart, as a round trip's two halves come, and every 20th read 180 µs late:
+  // past a 100 µs window, inside a 200 µs one, and the window still pays.
+  const m = manual();
+  const poll = new BusyPoll(200, m.opts);
+  for (let i = 1; i <= 2000; i++) {
+    poll.afterRead(64);
+    m.ms += i % 20 === 0 ? 0.18 : 0.07;
+    m.turn();
+  }
+  assert.equal(poll.windows, 1);
+  assert.equal(poll.spinning, true);
+  m.runOut(0.01);
+  assert.equal(poll.backoff, 0);
 });
 
 test('windows that catch nothing back off, up to MAX_BACKOFF reads, and a catch resets it', () => {
@@ -88,28 +104,71 @@ test('windows that catch nothing back off, up to MAX_BACKOFF reads, and a catch 
   // Skips of 1, 2, 4, ... 64, 64: the reads that opened a window.
   assert.deepEqual(opened, [1, 3, 6, 11, 20, 37, 70, 135, 200]);
   assert.equal(poll.backoff, MAX_BACKOFF);
-  // Reads come close together again: the first that polls catches the next, and the backoff
-  // is gone.
+  // Reads come close together again: the first that polls catches the next few, within half
+  // its window each, and the backoff is gone.
   for (let i = 0; i <= MAX_BACKOFF; i++) poll.afterRead(64);
   assert.equal(poll.spinning, true);
-  poll.afterRead(64);
+  for (let i = 0; i < 3; i++) poll.afterRead(64);
   m.runOut(0.01);
   assert.equal(poll.backoff, 0);
 });
 
-test('a window that caught a read but cost more than a window per catch backs off too', () => {
+test('a window that caught a read but cost more than half a window per catch backs off too', () => {
   const m = manual();
-  const poll = new BusyPoll(100, m.opts);
+  const poll = new BusyPoll(200, m.opts);
   poll.afterRead(64);
-  m.ms += 0.09;
+  m.ms += 0.15;
   m.turn();
-  poll.afterRead(64); // caught at 90 µs; the window now ends at 190 µs
+  poll.afterRead(64); // caught at 150 µs; the window now ends at 350 µs
   m.runOut(0.01);
-  // Open 190 µs for one wake-up saved: more than the 100 µs it may cost.
+  // Open 350 µs for one wake-up saved: more than the 100 µs it may cost.
   assert.equal(poll.backoff, 1);
   const before = poll.windows;
   poll.afterRead(64);
   assert.equal(poll.windows, before, 'the next read was skipped');
+});
+
+test('reads that keep a window open but come over half a window apart close it and back off',
+  () => {
+    // 150 µs apart with a 200 µs window: each read comes before the window ends, so only the
+    // check every PAY_READS reads stops it spinning all the time.
+    const m = manual();
+    const poll = new BusyPoll(200, m.opts);
+    const reads = 10_000;
+    for (let i = 0; i < reads; i++) {
+      poll.afterRead(64);
+      m.ms += 0.15;
+      m.turn();
+    }
+    m.runOut(0.01);
+    assert.equal(poll.backoff, MAX_BACKOFF);
+    // Once backed off all the way, a window per MAX_BACKOFF skipped reads, each open for
+    // PAY_READS reads: about a tenth of the time, against all of it.
+    const perWindow = PAY_READS * 150e-6;
+    assert.ok(poll.windows <= reads / (MAX_BACKOFF + PAY_READS) + 10, String(poll.windows));
+    assert.ok(poll.spentSeconds <= poll.windows * perWindow + 1e-6, String(poll.spentSeconds));
+    assert.ok(poll.spentSeconds < 0.15 * reads * 150e-6, String(poll.spentSeconds));
+  });
+
+test('a window closed between turns keeps one turn in flight when the next one opens', () => {
+  const m = manual();
+  const poll = new BusyPoll(200, m.opts);
+  for (let i = 0; i <= PAY_READS; i++) {
+    poll.afterRead(64);
+    m.ms += 0.15;
+  }
+  assert.equal(poll.spinning, false, 'closed by the check, not by its turn');
+  assert.equal(m.queue.length, 1);
+  const spent = poll.spentSeconds;
+  poll.afterRead(64); // skipped: the window did not pay
+  poll.afterRead(64); // opens the next window, served by the turn already scheduled
+  assert.equal(poll.windows, 2);
+  assert.equal(m.queue.length, 1);
+  m.turn();
+  assert.equal(m.queue.length, 1, 'the open window goes on turning');
+  m.runOut(0.01);
+  assert.equal(poll.spinning, false);
+  assert.ok(poll.spentSeconds - spent <= 220e-6, 'the first window counted once');
 });
 
 test('reads just too far apart for the window cost a window per MAX_BACKOFF reads at most', () => {
@@ -181,8 +240,8 @@ test('each turn of an open window waits out a slice first, so turns are few', ()
   assert.ok(turns <= 100 / SLICE_US + 2, String(turns));
 });
 
-test('GATEWAY_BUSY_POLL_US: 100 by default, 0 to 1000, anything else refused by name', () => {
-  assert.equal(loadSettings({}).busyPollUs, 100);
+test('GATEWAY_BUSY_POLL_US: 200 by default, 0 to 1000, anything else refused by name', () => {
+  assert.equal(loadSettings({}).busyPollUs, 200);
   assert.equal(loadSettings({ GATEWAY_BUSY_POLL_US: '0' }).busyPollUs, 0);
   assert.equal(loadSettings({ GATEWAY_BUSY_POLL_US: '1000' }).busyPollUs, 1000);
   for (const bad of ['1001', '-5', '2.5', 'fast']) {

@@ -66,7 +66,7 @@ func hmacHex(key, msg []byte) string {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench-client throughput|rtt|log|tunnels [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench-client throughput|rtt|trickle|log|tunnels [flags]")
 		os.Exit(2)
 	}
 	args := os.Args[2:]
@@ -76,6 +76,8 @@ func main() {
 		err = throughput(args)
 	case "rtt":
 		err = rtt(args)
+	case "trickle":
+		err = trickle(args)
 	case "log":
 		err = logGet(args)
 	case "tunnels":
@@ -136,11 +138,17 @@ func command(mode byte, n int64) []byte {
 	return cmd
 }
 
+// upgradeFlags declares the flags every subcommand that makes an SSH upgrade takes.
+func upgradeFlags(fs *flag.FlagSet) (base, uuid, token *string) {
+	base = fs.String("url", "", "proxy base URL")
+	uuid = fs.String("uuid", "", "container UUID")
+	token = fs.String("token", "", "user token")
+	return base, uuid, token
+}
+
 func throughput(args []string) error {
 	fs := flag.NewFlagSet("throughput", flag.ContinueOnError)
-	base := fs.String("url", "", "proxy base URL")
-	uuid := fs.String("uuid", "", "container UUID")
-	token := fs.String("token", "", "user token")
+	base, uuid, token := upgradeFlags(fs)
 	streams := fs.Int("streams", 1, "concurrent streams")
 	total := fs.Int64("bytes", 64<<20, "bytes in all, split evenly over the streams")
 	dir := fs.String("dir", "up", "up: client to gateway; down: gateway to client")
@@ -255,9 +263,7 @@ func readFromSource(c *upgraded, n int64) (int64, error) {
 
 func rtt(args []string) error {
 	fs := flag.NewFlagSet("rtt", flag.ContinueOnError)
-	base := fs.String("url", "", "proxy base URL")
-	uuid := fs.String("uuid", "", "container UUID")
-	token := fs.String("token", "", "user token")
+	base, uuid, token := upgradeFlags(fs)
 	samples := fs.Int("samples", 10000, "round trips measured")
 	warmup := fs.Int("warmup", 500, "round trips not measured, first")
 	size := fs.Int("size", 64, "message size in bytes")
@@ -295,7 +301,56 @@ func rtt(args []string) error {
 	}
 	sort.Float64s(times)
 	emit("result", "samples", len(times), "p50_us", percentile(times, 0.50),
-		"p99_us", percentile(times, 0.99), "max_us", times[len(times)-1])
+		"p90_us", percentile(times, 0.90), "p99_us", percentile(times, 0.99),
+		"p999_us", percentile(times, 0.999), "max_us", times[len(times)-1])
+	return nil
+}
+
+// trickle sends small messages at a steady pace to the gateway's sink: the traffic of a
+// shell's keystrokes or of a program printing short lines, at rates where what a proxy does
+// between reads (sleep, or poll for a while) shows in its CPU time.
+func trickle(args []string) error {
+	fs := flag.NewFlagSet("trickle", flag.ContinueOnError)
+	base, uuid, token := upgradeFlags(fs)
+	size := fs.Int("size", 12, "message size in bytes")
+	every := fs.Duration("every", 150*time.Microsecond, "time from one message to the next")
+	duration := fs.Duration("duration", 4*time.Second, "how long to send")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *every <= 0 || *size <= 0 {
+		return errors.New("-every and -size must be positive")
+	}
+	count := int64(*duration / *every)
+	c, err := sshUpgrade(*base, *uuid, *token)
+	if err != nil {
+		return err
+	}
+	defer c.conn.Close()
+	if _, err := c.conn.Write(command('k', count*int64(*size))); err != nil {
+		return err
+	}
+	msg := make([]byte, *size)
+	start := time.Now()
+	for i := int64(0); i < count; i++ {
+		// Spin to each message's time: a sleep this short would overshoot it by more than the
+		// interval itself.
+		due := start.Add(time.Duration(i) * *every)
+		for time.Now().Before(due) {
+		}
+		if _, err := c.conn.Write(msg); err != nil {
+			return err
+		}
+	}
+	seconds := time.Since(start).Seconds()
+	var ack [8]byte
+	if _, err := io.ReadFull(c.r, ack[:]); err != nil {
+		return fmt.Errorf("no ack from the sink: %w", err)
+	}
+	if got := int64(binary.BigEndian.Uint64(ack[:])); got != count*int64(*size) {
+		return fmt.Errorf("sink counted %d bytes, sent %d", got, count*int64(*size))
+	}
+	emit("result", "messages", count, "seconds", seconds)
 	return nil
 }
 
