@@ -20,6 +20,7 @@ import {
   mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync,
 } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LocalCluster } from '../src/demo/cluster.ts';
@@ -452,10 +453,17 @@ class Bench {
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
         const cpu0 = cpuTimes(side.proc.pid);
+        const poll0 = await side.pollSeconds?.();
+        const t0 = performance.now();
         const r = await this.client(['rtt', '-url', side.url, '-uuid', TUNNEL,
           '-token', this.token, '-samples', String(this.sizes.rttSamples),
           '-warmup', String(this.sizes.rttWarmup), '-size', '64'], 120_000);
         const used = cpuSince(side.proc.pid, cpu0);
+        if (poll0 !== undefined) {
+          // The share of the run's time the sidecar's loop spent polling rather than asleep.
+          const polled = (await side.pollSeconds!()) - poll0;
+          (tails.sidecar.poll_share ??= []).push(polled / ((performance.now() - t0) / 1000));
+        }
         p50[side.name].push(Number(r.p50_us));
         p99[side.name].push(Number(r.p99_us));
         for (const key of ['p90_us', 'p999_us', 'max_us']) {

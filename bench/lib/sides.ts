@@ -24,6 +24,8 @@ export interface Side {
   url: string;
   /** heldTunnels asks the proxy how many tunnels it holds. */
   heldTunnels(): Promise<number>;
+  /** pollSeconds is the sidecar's time spent busy polling so far (the Go ref has none). */
+  pollSeconds?(): Promise<number>;
 }
 
 /** goBin is the path of a built bench program; it throws when it has not been built. */
@@ -83,12 +85,20 @@ export async function startSidecar(group: ProcessGroup, opts: SidecarOptions): P
     proc,
     url: `http://${listen}`,
     async heldTunnels() {
-      const text = await (await fetch(`${adminUrl}/metrics`)).text();
-      const m = /^arvados_gateway_tunnels (\d+)/m.exec(text);
-      if (!m) throw new Error('sidecar metrics lack arvados_gateway_tunnels');
-      return Number(m[1]);
+      return metric(adminUrl, 'arvados_gateway_tunnels');
+    },
+    async pollSeconds() {
+      return metric(adminUrl, 'arvados_gateway_busy_poll_seconds_total');
     },
   };
+}
+
+/** metric reads one unlabelled series from the sidecar's /metrics. */
+async function metric(adminUrl: string, name: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+  if (!m) throw new Error(`sidecar metrics lack ${name}`);
+  return Number(m[1]);
 }
 
 async function waitForListening(proc: Proc, logFile: string, timeoutMs: number):
