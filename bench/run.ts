@@ -12,7 +12,8 @@
 //   --sidecar-env  NAME=VALUE: a setting for the sidecar (A/B trials of a setting, e.g.
 //              GATEWAY_BUSY_POLL_US=0), repeatable; recorded in the results and the notes
 //   --keep     keep the work directory (the sidecar's logs) after the run
-//   --reps     turns per line instead of 7 (1 with --smoke): more for A/B trials of tails
+//   --reps     turns per line, for all lines (default 7, 3 for the small-writes lines, 1 with
+//              --smoke): more for A/B trials of tails
 //   --only     comma-separated groups (tunnel, direct, log, slow, rtt, trickle, idle, accept) or
 //              throughput line ids (tunnel-up-1, tunnel-down-8, direct-up-1, ...)
 import { execFileSync } from 'node:child_process';

@@ -12,17 +12,24 @@
 //
 // The cost is CPU time while a window is open and nothing arrives. A sidecar that reads nothing
 // spins not at all, and one that is busy was awake anyway. In between, windows that do not pay
-// back off. A window pays while the reads it catches (each a wake-up saved) come on average no
-// more than half a window apart. So the window can be long enough to ride out an answer that is
-// late now and then, while traffic that keeps it open only by arriving just inside it, a read
-// every 150 µs in a 200 µs window, does not pay for spinning all the time. A window is judged
-// when it closes, over its whole life, and while it stays open, over each PAY_READS reads it
-// catches. After one that did not pay, the next small read opens none; after two in a row the
-// next two open none, and so on up to MAX_BACKOFF, until a window pays again. Traffic whose
-// reads are further apart than the window (typing in a shell) so spends at most one window in
-// MAX_BACKOFF + 1 reads. Only small reads count, and only away from bulk transfers: round trips
-// are made of small reads, and a transfer, which fills its reads and keeps the loop busy, gains
-// nothing.
+// back off. Each read a window catches saves a wake-up, worth half a window of polling: a window
+// pays while the reads it catches come on average no more than half a window apart. It is
+// judged over each PAY_READS reads it catches while it stays open, and when it closes, over its
+// whole life less the second half of its last wait. That half is not charged because it is
+// what lets a window ride out an answer that comes late now and then. So traffic that holds a
+// window open only by arriving just inside it, a read every 150 µs in a 200 µs window, does
+// not pay for spinning all the time, while a short exchange, a few reads within half a window
+// of each other, does. A read that follows the one before within SAME_MESSAGE_US is taken as
+// the rest of the same message and saves nothing: asleep, the loop would have read both at once
+// (hashicorp/yamux writes a frame's header and its body separately).
+//
+// After a window that did not pay, the next small read opens none; after two in a row the next
+// two open none, and so on up to MAX_BACKOFF; each window or stretch of reads that pays halves
+// the backoff. Traffic whose reads are further apart than the window (typing in a shell) so
+// spends at most one window in MAX_BACKOFF + 1 reads, and one short exchange that pays among
+// them does not bring back a window for every read. Only small reads count, and only away from
+// bulk transfers: round trips are made of small reads, and a transfer, which fills its reads
+// and keeps the loop busy, gains nothing.
 //
 // The window is a setting (GATEWAY_BUSY_POLL_US, 0 turns it off); the time spent is a metric.
 import { performance } from 'node:perf_hooks';
@@ -52,6 +59,7 @@ export class BusyPoll {
   /** #scheduled tells whether a turn is on its way, to keep to one at a time. */
   #scheduled = false;
   #caught = 0;
+  #lastReadAt = 0;
   /** #stretchAt and #stretchReads measure the open window's latest PAY_READS reads. */
   #stretchAt = 0;
   #stretchReads = 0;
@@ -88,7 +96,7 @@ export class BusyPoll {
     return this.#spinning;
   }
 
-  /** backoff is how many small reads after a window that caught nothing open none. */
+  /** backoff is how many small reads after a window that did not pay open none. */
   get backoff(): number {
     return this.#backoff;
   }
@@ -124,7 +132,11 @@ export class BusyPoll {
     }
     if (now - this.#bulkAt < BULK_QUIET_MS) return;
     this.#reads++;
+    const sameMessage = now - this.#lastReadAt < SAME_MESSAGE_MS;
+    this.#lastReadAt = now;
     if (this.#spinning) {
+      this.#until = now + window;
+      if (sameMessage) return;
       this.#caught++;
       if (++this.#stretchReads === PAY_READS) {
         if (now - this.#stretchAt > (PAY_READS * window) / 2) {
@@ -132,12 +144,14 @@ export class BusyPoll {
           this.#close(now, false);
           return;
         }
+        this.#backoff >>= 1;
         this.#stretchAt = now;
         this.#stretchReads = 0;
       }
-      this.#until = now + window;
       return;
     }
+    // The rest of a message opens no window and uses up no skip: it is not a read of its own.
+    if (sameMessage) return;
     if (this.#skip > 0) {
       this.#skip--;
       return;
@@ -171,7 +185,8 @@ export class BusyPoll {
       return;
     }
     const spent = now - this.#openedAt;
-    this.#close(now, this.#caught > 0 && spent <= (this.#caught * this.#windowMs) / 2);
+    // Half a window per read caught, and the uncharged half of the last wait.
+    this.#close(now, this.#caught > 0 && spent <= ((this.#caught + 1) * this.#windowMs) / 2);
   }
 
   /**
@@ -183,7 +198,7 @@ export class BusyPoll {
     this.#until = 0;
     this.#spentMs += now - this.#openedAt;
     if (paid) {
-      this.#backoff = 0;
+      this.#backoff >>= 1;
     } else {
       this.#backoff = Math.min(MAX_BACKOFF, Math.max(1, this.#backoff * 2));
       this.#skip = this.#backoff;
@@ -195,13 +210,20 @@ export class BusyPoll {
 export const SLICE_US = 5;
 
 /**
+ * SAME_MESSAGE_US: a read this soon after the one before is the rest of the same message. Well
+ * under the gap between a message and its answer, which takes a trip through another process.
+ */
+export const SAME_MESSAGE_US = 25;
+const SAME_MESSAGE_MS = SAME_MESSAGE_US / 1000;
+
+/**
  * PAY_READS is how many reads an open window catches between checks that it still pays. Few
  * enough that a change of pace is noticed within a couple of milliseconds; enough that one late
  * answer among them does not close a window that round trips keep paying for.
  */
 export const PAY_READS = 8;
 
-/** MAX_BACKOFF is the most small reads skipped after windows that caught nothing. */
+/** MAX_BACKOFF is the most small reads skipped after windows that did not pay. */
 export const MAX_BACKOFF = 64;
 
 /** BULK_READ is the size of a read that opens no window: a full TLS record's plaintext. */

@@ -90,7 +90,7 @@ test('round trips keep a window open through an answer that is late now and then
   assert.equal(poll.backoff, 0);
 });
 
-test('windows that catch nothing back off, up to MAX_BACKOFF reads, and a catch resets it', () => {
+test('windows that catch nothing back off, up to MAX_BACKOFF reads; windows that pay halve it', () => {
   const m = manual();
   const poll = new BusyPoll(100, m.opts);
   const opened: number[] = [];
@@ -104,13 +104,76 @@ test('windows that catch nothing back off, up to MAX_BACKOFF reads, and a catch 
   // Skips of 1, 2, 4, ... 64, 64: the reads that opened a window.
   assert.deepEqual(opened, [1, 3, 6, 11, 20, 37, 70, 135, 200]);
   assert.equal(poll.backoff, MAX_BACKOFF);
-  // Reads come close together again: the first that polls catches the next few, within half
-  // its window each, and the backoff is gone.
-  for (let i = 0; i <= MAX_BACKOFF; i++) poll.afterRead(64);
-  assert.equal(poll.spinning, true);
-  for (let i = 0; i < 3; i++) poll.afterRead(64);
-  m.runOut(0.01);
+  // Reads come close together again, in exchanges of four reads 50 µs apart, and the window is
+  // 200 µs. Once the skips run out, each window that catches an exchange pays and halves the
+  // backoff, 32, ... 1, 0.
+  poll.setWindow(200);
+  const backoffs: number[] = [];
+  while (poll.backoff > 0 && backoffs.length < 40) {
+    for (let i = 0; i < 4; i++) {
+      poll.afterRead(64);
+      m.ms += 0.05;
+      m.turn();
+    }
+    m.runOut(0.01);
+    m.ms += 1;
+    backoffs.push(poll.backoff);
+  }
+  assert.deepEqual([...new Set(backoffs)], [64, 32, 16, 8, 4, 2, 1, 0]);
+});
+
+test('a stretch of reads that pays halves the backoff, so occasional late reads cost little',
+  () => {
+    // Reads 90 µs apart and every 40th 190 µs late: the stretch of PAY_READS reads around a late
+    // one averages over half a window and closes it; the stretches that pay bring the backoff
+    // back down, and the loop polls nearly all the time.
+    const m = manual();
+    const poll = new BusyPoll(200, m.opts);
+    const start = m.ms;
+    for (let i = 1; i <= 4000; i++) {
+      poll.afterRead(64);
+      m.ms += i % 40 === 0 ? 0.19 : 0.09;
+      m.turn();
+    }
+    assert.ok(poll.backoff <= 1, String(poll.backoff));
+    const share = poll.spentSeconds / ((m.ms - start) / 1000);
+    assert.ok(share > 0.9, `polled ${(share * 100).toFixed(1)} % of the time`);
+  });
+
+test('short exchanges whose reads come within half a window each pay for their window', () => {
+  // Six reads 70 µs apart every 5 ms, as a command and its answers come: every exchange polls.
+  const m = manual();
+  const poll = new BusyPoll(200, m.opts);
+  for (let exchange = 0; exchange < 50; exchange++) {
+    for (let i = 0; i < 6; i++) {
+      poll.afterRead(64);
+      m.ms += 0.07;
+      m.turn();
+    }
+    m.runOut(0.01);
+    m.ms += 5;
+  }
+  assert.equal(poll.windows, 50);
   assert.equal(poll.backoff, 0);
+});
+
+test('a message read in two parts counts once: frames whose header and body come apart', () => {
+  // hashicorp/yamux writes a frame's header and its body separately. Messages every 150 µs,
+  // each read as two parts 10 µs apart, are reads 150 µs apart, not 75, and do not pay.
+  const m = manual();
+  const poll = new BusyPoll(200, m.opts);
+  const start = m.ms;
+  for (let i = 0; i < 5000; i++) {
+    poll.afterRead(12);
+    m.ms += 0.01;
+    m.turn();
+    poll.afterRead(64);
+    m.ms += 0.14;
+    m.turn();
+  }
+  assert.equal(poll.backoff, MAX_BACKOFF);
+  const share = poll.spentSeconds / ((m.ms - start) / 1000);
+  assert.ok(share < 0.15, `polled ${(share * 100).toFixed(1)} % of the time`);
 });
 
 test('a window that caught a read but cost more than half a window per catch backs off too', () => {
@@ -161,6 +224,7 @@ test('a window closed between turns keeps one turn in flight when the next one o
   assert.equal(m.queue.length, 1);
   const spent = poll.spentSeconds;
   poll.afterRead(64); // skipped: the window did not pay
+  m.ms += 0.05;
   poll.afterRead(64); // opens the next window, served by the turn already scheduled
   assert.equal(poll.windows, 2);
   assert.equal(m.queue.length, 1);
