@@ -18,10 +18,11 @@
 // whole life less the second half of its last wait. That half is not charged because it is
 // what lets a window ride out an answer that comes late now and then. So traffic that holds a
 // window open only by arriving just inside it, a read every 150 µs in a 200 µs window, does
-// not pay for spinning all the time, while a short exchange, a few reads within half a window
-// of each other, does. A read that follows the one before within SAME_MESSAGE_US is taken as
-// the rest of the same message and saves nothing: asleep, the loop would have read both at once
-// (hashicorp/yamux writes a frame's header and its body separately).
+// not pay for spinning all the time, while a short exchange does if it has enough reads close
+// enough together: five reads 70 µs apart in a 200 µs window, not four, and never two. A read
+// that follows the one before within SAME_MESSAGE_US is taken as the rest of the same message
+// and saves nothing: asleep, the loop would have read both at once (hashicorp/yamux writes a
+// frame's header and its body separately).
 //
 // After a window that did not pay, the next small read opens none; after two in a row the next
 // two open none, and so on up to MAX_BACKOFF; each window or stretch of reads that pays halves
