@@ -30,6 +30,17 @@ function manual() {
     turn(): void {
       for (const fn of queue.splice(0)) fn();
     },
+    /**
+     * readEvery makes n small reads, the loop turning after each: the i-th (from 1) is
+     * followed by gapMs(i) milliseconds, or by gapMs if it is a number.
+     */
+    readEvery(poll: BusyPoll, n: number, gapMs: number | ((i: number) => number)): void {
+      for (let i = 1; i <= n; i++) {
+        poll.afterRead(64);
+        m.ms += typeof gapMs === 'number' ? gapMs : gapMs(i);
+        m.turn();
+      }
+    },
     /** runOut turns the loop, stepMs apart, until nothing is scheduled; it counts the turns. */
     runOut(stepMs: number): number {
       let turns = 0;
@@ -79,11 +90,7 @@ test('round trips keep a window open through an answer that is late now and then
   // past a 100 µs window, inside a 200 µs one, and the window still pays.
   const m = manual();
   const poll = new BusyPoll(200, m.opts);
-  for (let i = 1; i <= 2000; i++) {
-    poll.afterRead(64);
-    m.ms += i % 20 === 0 ? 0.18 : 0.07;
-    m.turn();
-  }
+  m.readEvery(poll, 2000, (i) => (i % 20 === 0 ? 0.18 : 0.07));
   assert.equal(poll.windows, 1);
   assert.equal(poll.spinning, true);
   m.runOut(0.01);
@@ -110,11 +117,7 @@ test('windows that catch nothing back off, up to MAX_BACKOFF reads; windows that
   poll.setWindow(200);
   const backoffs: number[] = [];
   while (poll.backoff > 0 && backoffs.length < 40) {
-    for (let i = 0; i < 4; i++) {
-      poll.afterRead(64);
-      m.ms += 0.05;
-      m.turn();
-    }
+    m.readEvery(poll, 4, 0.05);
     m.runOut(0.01);
     m.ms += 1;
     backoffs.push(poll.backoff);
@@ -130,11 +133,7 @@ test('a stretch of reads that pays halves the backoff, so occasional late reads 
     const m = manual();
     const poll = new BusyPoll(200, m.opts);
     const start = m.ms;
-    for (let i = 1; i <= 4000; i++) {
-      poll.afterRead(64);
-      m.ms += i % 40 === 0 ? 0.19 : 0.09;
-      m.turn();
-    }
+    m.readEvery(poll, 4000, (i) => (i % 40 === 0 ? 0.19 : 0.09));
     assert.ok(poll.backoff <= 1, String(poll.backoff));
     const share = poll.spentSeconds / ((m.ms - start) / 1000);
     assert.ok(share > 0.9, `polled ${(share * 100).toFixed(1)} % of the time`);
@@ -145,11 +144,7 @@ test('short exchanges whose reads come within half a window each pay for their w
   const m = manual();
   const poll = new BusyPoll(200, m.opts);
   for (let exchange = 0; exchange < 50; exchange++) {
-    for (let i = 0; i < 6; i++) {
-      poll.afterRead(64);
-      m.ms += 0.07;
-      m.turn();
-    }
+    m.readEvery(poll, 6, 0.07);
     m.runOut(0.01);
     m.ms += 5;
   }
@@ -198,11 +193,7 @@ test('reads that keep a window open but come over half a window apart close it a
     const m = manual();
     const poll = new BusyPoll(200, m.opts);
     const reads = 10_000;
-    for (let i = 0; i < reads; i++) {
-      poll.afterRead(64);
-      m.ms += 0.15;
-      m.turn();
-    }
+    m.readEvery(poll, reads, 0.15);
     m.runOut(0.01);
     assert.equal(poll.backoff, MAX_BACKOFF);
     // Once backed off all the way, a window per MAX_BACKOFF skipped reads, each open for
@@ -240,11 +231,7 @@ test('reads just too far apart for the window cost a window per MAX_BACKOFF read
   const m = manual();
   const poll = new BusyPoll(100, m.opts);
   const reads = 10_000;
-  for (let i = 0; i < reads; i++) {
-    poll.afterRead(64);
-    m.ms += 0.15;
-    m.turn();
-  }
+  m.readEvery(poll, reads, 0.15);
   m.runOut(0.01);
   assert.ok(poll.windows <= reads / (MAX_BACKOFF + 1) + 10, String(poll.windows));
   // Each window stays open until the turn that finds it over, here the next read's.
