@@ -123,6 +123,9 @@ interface Options {
   out: string;
 }
 
+/** UsageError is a mistake in the command line: it is reported without a stack trace. */
+class UsageError extends Error {}
+
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -152,7 +155,8 @@ function parseOptions(argv: string[]): Options {
     const known = [...GROUPS, ...THROUGHPUT_IDS];
     const unknown = asked.filter((g) => !known.includes(g));
     if (unknown.length > 0) {
-      throw new Error(`unknown group or line ${unknown.join(', ')}; known: ${known.join(', ')}`);
+      throw new UsageError(
+        `unknown group or line ${unknown.join(', ')}; known: ${known.join(', ')}`);
     }
     groups = new Set();
     for (const a of asked) {
@@ -168,9 +172,9 @@ function parseOptions(argv: string[]): Options {
   const nodeFlags = (values['node-flags'] ?? '').split(/\s+/).filter(Boolean);
   let reps: number | undefined;
   if (values.reps !== undefined) {
-    reps = Number(values.reps);
-    if (!Number.isInteger(reps) || reps < 1 || reps > 100) {
-      throw new Error(`--reps must be a whole number from 1 to 100, not ${values.reps}`);
+    reps = /^[0-9]+$/.test(values.reps) ? Number(values.reps) : Number.NaN;
+    if (!(reps >= 1 && reps <= 100)) {
+      throw new UsageError(`--reps must be a whole number from 1 to 100, not ${values.reps}`);
     }
   }
   const sidecarMain = values['sidecar-main'] ?? join(ROOT, 'src', 'main.ts');
@@ -178,9 +182,11 @@ function parseOptions(argv: string[]): Options {
   const settings = new Set(describeSettings().map((d) => d.env));
   for (const pair of values['sidecar-env'] ?? []) {
     const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(pair);
-    if (!m) throw new Error(`--sidecar-env wants NAME=VALUE, not ${pair}`);
+    if (!m) throw new UsageError(`--sidecar-env wants NAME=VALUE, not ${pair}`);
     // The sidecar ignores variables it does not know: a misspelt one would measure the default.
-    if (!settings.has(m[1])) throw new Error(`--sidecar-env: ${m[1]} is not a sidecar setting`);
+    if (!settings.has(m[1])) {
+      throw new UsageError(`--sidecar-env: ${m[1]} is not a sidecar setting`);
+    }
     sidecarEnv[m[1]] = m[2];
   }
   return { smoke, profile, groups, lineIds, nodeFlags, sidecarMain, sidecarEnv, keep: values.keep,
@@ -729,6 +735,9 @@ async function main(): Promise<void> {
 try {
   await main();
 } catch (err) {
-  process.stderr.write(`bench: failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  const usage = err instanceof UsageError ||
+    (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true;
+  const text = err instanceof Error ? (usage ? err.message : err.stack) : String(err);
+  process.stderr.write(`bench: ${usage ? '' : 'failed: '}${text}\n`);
   process.exitCode = 1;
 }

@@ -103,7 +103,8 @@ addWholeNumberFormat('window-budget', 0, MAX_WINDOW_BUDGET,
 
 const schema = {
   listen: {
-    doc: 'Front door host:port. Plain HTTP, or HTTPS when tlsCert and tlsKey are set.',
+    doc: 'Front door host:port. Plain HTTP, or HTTPS when GATEWAY_TLS_CERT and GATEWAY_TLS_KEY ' +
+      'are set.',
     format: 'host-port', default: '0.0.0.0:8443', env: 'GATEWAY_LISTEN',
   },
   tlsCert: {
@@ -236,7 +237,7 @@ const schema = {
     format: 'busy-poll-us', default: 200, env: 'GATEWAY_BUSY_POLL_US',
   },
   logLevel: {
-    doc: 'Log level: trace, debug, info, warn, error, fatal.',
+    doc: 'Log level: trace, debug, info, warn, error, fatal, or silent (no logs).',
     format: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
     default: 'info', env: 'LOG_LEVEL',
   },

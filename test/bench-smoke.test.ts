@@ -98,6 +98,17 @@ describe('bench smoke mode', () => {
       /unknown group or line nonsense/);
   });
 
+  test('--reps takes only a whole number from 1 to 100, and a mistake gets no stack trace',
+    async () => {
+      for (const bad of ['0', '101', '0x3', '1e1', '2.5', 'abc']) {
+        await assert.rejects(run(['bench/run.ts', '--smoke', `--reps=${bad}`]), (err: Error) => {
+          assert.match(err.message, /bench: --reps must be a whole number from 1 to 100, not /);
+          assert.doesNotMatch(err.message, /at parseOptions/);
+          return true;
+        });
+      }
+    });
+
   test('--help prints the usage and starts nothing', async () => {
     const { stdout } = await run(['bench/run.ts', '--help']);
     assert.match(stdout, /^Usage: node bench\/run\.ts/);
