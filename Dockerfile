@@ -22,4 +22,4 @@ USER 10001:10001
 EXPOSE 8443 9090
 # Exec form: node is PID 1 and receives SIGTERM itself, which starts the drain. The flag is
 # V8 heap tuning that must be on the command line (src/node-flags.ts).
-CMD ["node", "--initial-heap-size=128", "src/main.ts"]
+CMD ["node", "--initial-heap-size=128", "--min-semi-space-size=16", "src/main.ts"]

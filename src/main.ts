@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-heap-size=128
+#!/usr/bin/env -S node --initial-heap-size=128 --min-semi-space-size=16
 // Command line entry: `serve` (the default) runs the sidecar; `demo` runs it end to end with a
 // simulated Arvados and crunch-run; `ssh-proxy` is an OpenSSH ProxyCommand through a sidecar.
 import { loadSettings } from './settings.ts';
