@@ -454,8 +454,9 @@ class Bench {
     const p99: Record<string, number[]> = { sidecar: [], go: [] };
     const cpu: Record<string, number[]> = { sidecar: [], go: [] };
     const sys: Record<string, number[]> = { sidecar: [], go: [] };
-    // The rest of each run's distribution, for the JSON: where a p99 comes from.
-    const tails: Record<string, Record<string, number[]>> = { sidecar: {}, go: {} };
+    // Each run's other figures, for the JSON: the rest of its distribution (where a p99 comes
+    // from) and, for the sidecar, the share of the run it spent busy polling.
+    const perRun: Record<string, Record<string, number[]>> = { sidecar: {}, go: {} };
     const trips = this.sizes.rttSamples + this.sizes.rttWarmup;
     for (let rep = 0; rep < this.sizes.reps; rep++) {
       for (const side of this.sides()) {
@@ -469,12 +470,12 @@ class Bench {
         if (poll0 !== undefined) {
           // The share of the run's time the sidecar's loop spent polling rather than asleep.
           const polled = (await side.pollSeconds!()) - poll0;
-          (tails.sidecar.poll_share ??= []).push(polled / ((performance.now() - t0) / 1000));
+          (perRun.sidecar.poll_share ??= []).push(polled / ((performance.now() - t0) / 1000));
         }
         p50[side.name].push(Number(r.p50_us));
         p99[side.name].push(Number(r.p99_us));
         for (const key of ['p90_us', 'p999_us', 'max_us']) {
-          (tails[side.name][key] ??= []).push(Number(r[key]));
+          (perRun[side.name][key] ??= []).push(Number(r[key]));
         }
         // The session's set-up and teardown are in this too; next to thousands of round trips
         // they are noise.
@@ -488,7 +489,7 @@ class Bench {
     p50.sidecar, p50.go);
     this.record({ id: 'rtt-p99', title: `Round trip 64 B via tunnel, p99 (${n} samples)`,
       unit: 'µs', better: 'lower', budget: { op: '<=', value: 1, of: 'ratio' } },
-    p99.sidecar, p99.go, undefined, { sidecar: tails.sidecar, go: tails.go });
+    p99.sidecar, p99.go, undefined, perRun);
     // Like the throughput lines' CPU figures: /proc's 10 ms ticks need thousands of trips.
     if (trips < 5000) return;
     this.record({ id: 'cpu-rtt', title: '↳ proxy CPU time per round trip',
@@ -735,9 +736,10 @@ async function main(): Promise<void> {
 try {
   await main();
 } catch (err) {
-  const usage = err instanceof UsageError ||
+  // A mistake in the command line is told plainly; anything else with where it happened.
+  const mistake = err instanceof UsageError ||
     (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true;
-  const text = err instanceof Error ? (usage ? err.message : err.stack) : String(err);
-  process.stderr.write(`bench: ${usage ? '' : 'failed: '}${text}\n`);
+  const text = err instanceof Error ? (mistake ? err.message : err.stack) : String(err);
+  process.stderr.write(`bench: ${mistake ? '' : 'failed: '}${text}\n`);
   process.exitCode = 1;
 }

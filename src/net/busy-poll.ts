@@ -196,7 +196,6 @@ export class BusyPoll {
    */
   #close(now: number, paid: boolean): void {
     this.#spinning = false;
-    this.#until = 0;
     this.#spentMs += now - this.#openedAt;
     if (paid) {
       this.#backoff >>= 1;
